@@ -1,0 +1,147 @@
+"""The evaluation batch: everything the model needs at one point set, built once per sampling.
+
+Defines :class:`EvaluationBatch` and :func:`build_batch`. The batch holds the process's own
+points (grouped by loss term), each level's :class:`~ddpinn.geometry.LevelCoverage` and the
+jets of the hard-constraint factors. Windows, normalised inputs and constraint factors depend
+only on the points, so they are computed here, in float64, and reused by every training step.
+
+Distributed runs evaluate partitioned levels on the own points followed by halo points (points
+owned by neighbours that the process's subdomains cover); replicated levels use own points only.
+Rows ``[0, n_own)`` of the partial-sum array are own points, ``[n_own, n_eval)`` halo points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ddpinn.geometry import Decomposition, LevelCoverage, Window, cover_level
+from ddpinn.geometry.coverage import product_matrix
+from ddpinn.jets import JetSpec, pointwise_jets
+from ddpinn.problems.base import Problem, as_columns
+
+__all__ = ["EvaluationBatch", "build_batch", "constraint_jets"]
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationBatch:
+    """Model inputs for one point set on one process.
+
+    x: [n_own, dim] own points (run dtype). groups: loss term -> rows of x.
+    levels: one coverage per level (empty coverage where the process holds none of it).
+    constraint_product: [n_own, J, J, n_out] the product rule with the hard constraint's scale
+        factor as a linear map on jets (like the window product); constraint_shift: [n_own, J, n_out]
+        jets of its shift (identity and zero without a hard constraint).
+    n_eval: rows of the partial-sum array (own + halo points). global_counts: points per group
+    over all processes (the loss normaliser). exchange: the halo exchange plan, None on one process.
+    """
+
+    x: Tensor
+    groups: dict[str, slice]
+    levels: tuple[LevelCoverage, ...]
+    constraint_product: Tensor
+    constraint_shift: Tensor
+    spec: JetSpec
+    n_eval: int
+    global_counts: dict[str, int]
+    exchange: object | None = None
+    info: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_own(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(c.n_pairs for c in self.levels)
+
+
+def constraint_jets(problem: Problem, x: Tensor, spec: JetSpec) -> tuple[Tensor, Tensor]:
+    """Jets of the hard-constraint factors at ``x``: (scale, shift), each [n, J, n_out], float64."""
+    n_out = len(problem.outputs)
+    x64 = x.detach().to(torch.float64)
+
+    def factor(which: str):
+        def fn(xx: Tensor) -> Tensor:
+            hc = problem.hard_constraint(xx)
+            if hc is None:
+                return as_columns(1.0 if which == "scale" else 0.0, xx, n_out) + 0 * xx[:, :1]
+            return as_columns(getattr(hc, which), xx, n_out) + 0 * xx[:, :1]
+
+        return fn
+
+    return pointwise_jets(factor("scale"), x64, spec), pointwise_jets(factor("shift"), x64, spec)
+
+
+def build_batch(
+    problem: Problem,
+    decomposition: Decomposition,
+    window: Window,
+    spec: JetSpec,
+    groups: Mapping[str, np.ndarray],
+    *,
+    held: Sequence[np.ndarray] | None = None,
+    halo: np.ndarray | None = None,
+    halo_levels: Sequence[bool] | None = None,
+    global_counts: Mapping[str, int] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    exchange: object | None = None,
+) -> EvaluationBatch:
+    """Cover the points of ``groups`` (name -> [n_g, dim] own points) for every level.
+
+    ``held[l]``: global subdomain ids this process evaluates on level l (default all);
+    ``halo``: [n_halo, dim] extra points evaluated by the levels flagged in ``halo_levels``.
+    """
+    names = list(groups)
+    sizes = [len(groups[g]) for g in names]
+    x_own = np.concatenate([np.asarray(groups[g], dtype=np.float64).reshape(-1, problem.dim) for g in names])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    group_rows = {g: slice(int(offsets[i]), int(offsets[i + 1])) for i, g in enumerate(names)}
+    halo = np.zeros((0, problem.dim)) if halo is None else np.asarray(halo, dtype=np.float64)
+    x_eval = torch.from_numpy(np.concatenate([x_own, halo]))
+    n_own = x_own.shape[0]
+    halo_levels = halo_levels or [False] * decomposition.n_levels
+
+    coverages = []
+    for l, level in enumerate(decomposition.levels):
+        points = x_eval if halo_levels[l] else x_eval[:n_own]
+        cov = cover_level(
+            level, points, window, spec, None if held is None else held[l], where=f"decomposition.levels[{l}]"
+        )
+        coverages.append(_reindex(cov, x_eval.shape[0]).to(dtype, device))
+
+    x_t = torch.from_numpy(x_own)
+    scale, shift = constraint_jets(problem, x_t, spec)
+    product = torch.stack([product_matrix(scale[:, :, k], spec) for k in range(scale.shape[2])], dim=-1)
+    return EvaluationBatch(
+        x=x_t.to(device=device, dtype=dtype),
+        groups=group_rows,
+        levels=tuple(coverages),
+        constraint_product=product.to(device=device, dtype=dtype),
+        constraint_shift=shift.to(device=device, dtype=dtype),
+        spec=spec,
+        n_eval=x_eval.shape[0],
+        global_counts=dict(global_counts) if global_counts is not None else dict(zip(names, sizes)),
+        exchange=exchange,
+    )
+
+
+def _reindex(cov: LevelCoverage, n_eval: int) -> LevelCoverage:
+    """Point padding slots at the dummy row ``n_eval`` of the full (own + halo) array."""
+    if cov.n_points == n_eval:
+        return cov
+    index = torch.where(cov.point_index == cov.n_points, n_eval, cov.point_index)
+    return LevelCoverage(
+        subdomain_ids=cov.subdomain_ids,
+        point_index=index,
+        x_norm=cov.x_norm,
+        inv_half_width=cov.inv_half_width,
+        window_product=cov.window_product,
+        n_points=n_eval,
+        n_pairs=cov.n_pairs,
+    )

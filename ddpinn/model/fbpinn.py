@@ -1,0 +1,102 @@
+"""The multilevel FBPINN model.
+
+    u(x) = shift(x) + scale(x) · (1/L) Σ_levels Σ_j ŵ_j(x) · (mean + s · NN_j((x - c_j) / (w_j/2)))
+
+with ŵ_j the partition-of-unity windows of each level. :class:`FBPINN` evaluates this with all
+input-derivative jets the problem needs, as three stages that the distributed engine reuses:
+
+1. :meth:`FBPINN.partial_sums`: per level, the held subdomains' windowed outputs, summed into
+   an ``[n_eval, J, n_out]`` array (own points, then halo points);
+2. :attr:`FBPINN.reduce_partial_sums`: turns that into ``[n_own, J, n_out]`` totals. On one
+   process it drops nothing (there are no halo rows); the distributed engine replaces it with
+   the halo exchange, which adds neighbours' halo rows into their owners' rows;
+3. :meth:`FBPINN.constrain`: the level average and the hard-constraint ansatz.
+
+This module never imports torch.distributed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ddpinn.model.activations import Activation
+from ddpinn.model.batch import EvaluationBatch
+from ddpinn.model.mlp import StackedMLP
+
+__all__ = ["FBPINN", "own_rows"]
+
+
+def own_rows(partial: Tensor, batch: EvaluationBatch) -> Tensor:
+    """The single-process reduction: the partial sums of the own points are already totals."""
+    return partial[: batch.n_own]
+
+
+class FBPINN(nn.Module):
+    """Subdomain networks of every level (the held subset of each) and their combination.
+
+    ``held[l]``: sorted global ids of the subdomains of level l this process holds;
+    ``sizes``: layer sizes ``[dim, hidden..., n_out]`` per level.
+    """
+
+    def __init__(
+        self,
+        held: Sequence[np.ndarray],
+        sizes: Sequence[Sequence[int]],
+        activation: Activation,
+        *,
+        output_mean: Sequence[float],
+        output_scale: Sequence[float],
+        seed: int,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.held = [np.asarray(h, dtype=np.int64) for h in held]
+        self.nets = nn.ModuleList(
+            StackedMLP(len(ids), level_sizes, activation, dtype) for ids, level_sizes in zip(self.held, sizes)
+        )
+        for level, (net, ids) in enumerate(zip(self.nets, self.held)):
+            net.initialise(seed, level, ids)
+        self.register_buffer("output_mean", torch.as_tensor(output_mean, dtype=dtype).reshape(-1))
+        self.register_buffer("output_scale", torch.as_tensor(output_scale, dtype=dtype).reshape(-1))
+        self.reduce_partial_sums: Callable[[Tensor, EvaluationBatch], Tensor] = own_rows
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.nets)
+
+    @property
+    def n_outputs(self) -> int:
+        return self.nets[0].sizes[-1]
+
+    def partial_sums(self, batch: EvaluationBatch) -> Tensor:
+        """Σ over held subdomains of ŵ_j · NN_j and its jets: [n_eval, J, n_out] (before un-normalisation)."""
+        n_jets, n_out = len(batch.spec), self.n_outputs
+        total = batch.x.new_zeros(batch.n_eval + 1, n_jets * n_out)
+        for net, cov in zip(self.nets, batch.levels):
+            if cov.n_pairs == 0:
+                continue
+            out = net.jets(cov.x_norm, cov.inv_half_width, batch.spec)  # [S, J, n_out, P]
+            # Product rule with the (parameter-free) window jets, as one precomputed linear map.
+            windowed = (cov.window_product.unsqueeze(3) * out.unsqueeze(1)).sum(2)  # [S, J, n_out, P]
+            flat = windowed.permute(0, 3, 1, 2).reshape(-1, n_jets * n_out)
+            total = total.index_add(0, cov.point_index.reshape(-1), flat)
+        return total[: batch.n_eval].view(batch.n_eval, n_jets, n_out)
+
+    def constrain(self, totals: Tensor, batch: EvaluationBatch) -> Tensor:
+        """Un-normalisation, level average and hard constraint, with jets: [n_own, J, n_out].
+
+        Every subdomain output is un-normalised as ``mean + s · NN``. Each level's windows sum to
+        one, so after the level average the means contribute ``mean`` to the value row only;
+        with the hard constraint u = shift + scale · v this is ``scale``'s jets times ``mean``.
+        """
+        product = batch.constraint_product  # [n, J, J, n_out]
+        scaled = (product * totals.unsqueeze(1)).sum(2) * (self.output_scale / self.n_levels)
+        return batch.constraint_shift + product[:, :, 0] * self.output_mean + scaled
+
+    def forward(self, batch: EvaluationBatch) -> Tensor:
+        """u and its jets at the own points: [n_own, J, n_out]."""
+        return self.constrain(self.reduce_partial_sums(self.partial_sums(batch), batch), batch)

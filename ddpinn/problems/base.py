@@ -1,0 +1,246 @@
+"""The declarative Problem API.
+
+A problem is a dataclass (its fields are the parameters a config may set) that declares its
+inputs, outputs and the derivatives its residual reads, and implements a few methods::
+
+    @register("poisson2d")
+    @dataclass
+    class Poisson2D(Problem):
+        frequencies: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+        inputs = ("x", "y")
+        derivatives = (D("u", "x", "x"), D("u", "y", "y"))
+
+        def domain(self): return Box((0, 0), (1, 1))
+        def residual(self, x, d): return -(d["u_xx"] + d["u_yy"]) - self.source(x)
+        def hard_constraint(self, x): return HardConstraint(scale=bubble(x), shift=0.0)
+        def exact(self, x): ...
+
+Defined here: :class:`Problem`, :class:`HardConstraint` (u = shift + scale · N),
+:class:`Constraint` (soft constraints: boundary, initial and data points with weights), the
+regions they live on (:class:`Point`, :class:`Face`, :class:`Points`) and
+:class:`Derivatives` (what ``residual`` receives). Used by the trainer and the problem library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ddpinn.geometry import Box
+from ddpinn.jets import D, JetSpec, MultiIndex
+
+__all__ = [
+    "Problem",
+    "HardConstraint",
+    "Constraint",
+    "Point",
+    "Face",
+    "Points",
+    "Region",
+    "Derivatives",
+    "ProblemError",
+]
+
+
+class ProblemError(ValueError):
+    """A problem declaration or parameter that cannot work; the message names the field."""
+
+
+@dataclass(frozen=True)
+class HardConstraint:
+    """The ansatz ``u = shift + scale · N`` applied to the combined network output N.
+
+    ``scale``, ``shift``: tensors broadcastable to [n_points, n_outputs] (or floats), computed
+    from x with differentiable torch operations; their derivatives are taken by autograd once
+    per point sampling, never in the training step.
+    """
+
+    scale: Tensor | float = 1.0
+    shift: Tensor | float = 0.0
+
+
+@dataclass(frozen=True)
+class Point:
+    """A single point, e.g. ``Point((0.0,))`` for t = 0."""
+
+    coords: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face of the domain box: ``Face("x", "lo")`` is x = domain.lo[x]."""
+
+    axis: str
+    side: str  # "lo" | "hi"
+
+    def __post_init__(self) -> None:
+        if self.side not in ("lo", "hi"):
+            raise ProblemError(f"Face.side: must be 'lo' or 'hi', got {self.side!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Points:
+    """Given points (e.g. observations): ``x``: [n, dim]."""
+
+    x: Tensor
+
+
+Region = Point | Face | Points
+
+
+@dataclass(frozen=True, eq=False)
+class Constraint:
+    """A soft constraint: ``weight · mean(residual(x, d)²)`` over points of ``where``.
+
+    ``residual(x, d)`` sees the same :class:`Derivatives` as the PDE residual; ``derivatives``
+    lists what it reads besides the fields. ``n_points`` is used for faces (a grid or random
+    sample on the face, following the run's sampling method); points and given point sets use
+    their own points.
+    """
+
+    name: str
+    where: Region
+    residual: Callable[[Tensor, Derivatives], Tensor]
+    weight: float = 1.0
+    derivatives: tuple[D, ...] = ()
+    n_points: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ProblemError(f"constraint {self.name!r}: weight must be >= 0, got {self.weight}")
+
+
+class Derivatives:
+    """Named access to the jets of u at a set of points: ``d["u_xx"]`` is a [n_points] tensor.
+
+    Built from a jet tensor ``[n_points, J, n_outputs]``. Names follow :attr:`D.name`; mixed
+    derivatives may be written in any axis order (``u_xy`` or ``u_yx``).
+    """
+
+    def __init__(self, jets: Tensor, names: dict[str, tuple[int, int]]) -> None:
+        self._jets = jets
+        self._names = names
+
+    def __getitem__(self, name: str) -> Tensor:
+        try:
+            row, out = self._names[name]
+        except KeyError:
+            raise KeyError(
+                f"derivative {name!r} was not declared; declare it in the problem's `derivatives` "
+                f"(available: {sorted(self._names)})"
+            ) from None
+        return self._jets[:, row, out]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._names
+
+
+class Problem:
+    """Base class of PDE problems; subclasses are dataclasses of their parameters.
+
+    Class attributes to declare: ``inputs`` (axis names), ``outputs`` (field names, default
+    ``("u",)``), ``derivatives`` (the :class:`D` the residual reads) and optionally
+    ``output_mean``/``output_scale`` (the global un-normalisation of every subdomain network's
+    output; override with properties when they depend on parameters).
+    """
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ("u",)
+    derivatives: ClassVar[tuple[D, ...]] = ()
+    output_mean: float = 0.0
+    output_scale: float = 1.0
+
+    def domain(self) -> Box:
+        raise NotImplementedError
+
+    def residual(self, x: Tensor, d: Derivatives) -> Tensor | tuple[Tensor, ...]:
+        """PDE residual(s) at collocation points ``x``: [n] (or a tuple of [n] for systems)."""
+        raise NotImplementedError
+
+    def hard_constraint(self, x: Tensor) -> HardConstraint | None:
+        """The ansatz u = shift + scale · N, or None for an unconstrained output."""
+        return None
+
+    def constraints(self) -> Sequence[Constraint]:
+        """Soft constraints (boundary, initial, data); none by default."""
+        return ()
+
+    def exact(self, x: Tensor) -> Tensor | None:
+        """Exact or reference solution at ``x``: [n, n_outputs], or None if there is none."""
+        return None
+
+    # ----------------------------------------------------------------- derived declarations
+    @property
+    def dim(self) -> int:
+        return len(self.inputs)
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+    def all_derivatives(self) -> list[D]:
+        """Every derivative read by the residual or a constraint (fields themselves included)."""
+        wanted = [D(f) for f in self.outputs] + list(self.derivatives)
+        for c in self.constraints():
+            wanted += list(c.derivatives)
+        return wanted
+
+    def jet_spec(self) -> JetSpec:
+        """The closed set of multi-indices the model must propagate for this problem."""
+        return JetSpec.closure(self.dim, [self._multi_index(dv) for dv in self.all_derivatives()])
+
+    def derivative_names(self, spec: JetSpec) -> dict[str, tuple[int, int]]:
+        """Name -> (jet row, output column) for every declared derivative and its axis permutations."""
+        names: dict[str, tuple[int, int]] = {}
+        for dv in self.all_derivatives():
+            index = self._multi_index(dv)
+            entry = (spec.row(index), self.outputs.index(dv.field))
+            names[dv.name] = entry
+            for axes in _permutations(dv.axes):
+                names[D(dv.field, *axes).name] = entry
+        return names
+
+    def _multi_index(self, dv: D) -> MultiIndex:
+        if dv.field not in self.outputs:
+            raise ProblemError(
+                f"{type(self).__name__}.derivatives: {dv.name!r} refers to field {dv.field!r}, "
+                f"but the outputs are {list(self.outputs)}"
+            )
+        try:
+            return dv.multi_index(self.inputs)
+        except KeyError as err:
+            raise ProblemError(f"{type(self).__name__}.derivatives: {err.args[0]}") from None
+
+    def check(self) -> None:
+        """Validate the declaration (names, domain) before any expensive work."""
+        cls = type(self).__name__
+        if not self.inputs:
+            raise ProblemError(f"{cls}.inputs: declare the input axis names, e.g. ('x', 'y')")
+        if len(set(self.inputs)) != len(self.inputs) or len(set(self.outputs)) != len(self.outputs):
+            raise ProblemError(f"{cls}: input and output names must be unique")
+        box = self.domain()
+        if box.dim != self.dim:
+            raise ProblemError(f"{cls}.domain(): has {box.dim} axes but inputs are {list(self.inputs)}")
+        for c in self.constraints():
+            if isinstance(c.where, Face) and c.where.axis not in self.inputs:
+                raise ProblemError(f"constraint {c.name!r}: Face axis {c.where.axis!r} is not an input")
+        self.jet_spec()
+
+
+def _permutations(axes: tuple[str, ...]) -> set[tuple[str, ...]]:
+    return set(itertools.permutations(axes))
+
+
+def as_columns(value: Tensor | float, x: Tensor, n_outputs: int) -> Tensor:
+    """Broadcast a scalar, a per-point [n] or a [n, n_outputs] value to [n, n_outputs]."""
+    v = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if v.dim() == 1:
+        v = v[:, None]
+    return v.expand(x.shape[0], n_outputs)

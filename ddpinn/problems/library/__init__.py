@@ -1,0 +1,20 @@
+"""The shipped problems (P1–P8 of the reference list); importing this registers them."""
+
+from ddpinn.problems.library.burgers import Burgers1D
+from ddpinn.problems.library.cos1d import Cos1D, MultiscaleCos1D
+from ddpinn.problems.library.harmonic import HarmonicOscillator
+from ddpinn.problems.library.heat import Heat2DMultiscale
+from ddpinn.problems.library.helmholtz import Helmholtz2D
+from ddpinn.problems.library.poisson import Poisson2D
+from ddpinn.problems.library.wave import Wave1D
+
+__all__ = [
+    "Burgers1D",
+    "Cos1D",
+    "HarmonicOscillator",
+    "Heat2DMultiscale",
+    "Helmholtz2D",
+    "MultiscaleCos1D",
+    "Poisson2D",
+    "Wave1D",
+]

@@ -39,7 +39,8 @@ def grid_shape(box: Box, n: int | Sequence[int]) -> tuple[int, ...]:
 
 
 def sample_box(
-    box: Box,
+    lo: Sequence[float],
+    hi: Sequence[float],
     method: SamplingMethod,
     n: int | Sequence[int],
     *,
@@ -49,7 +50,7 @@ def sample_box(
     cells: Sequence[int] | None = None,
     block: Block | None = None,
 ) -> np.ndarray:
-    """Points of ``box`` owned by ``block`` (all of them by default): float64 [n_local, dim].
+    """Points of the box ``[lo, hi]`` owned by ``block`` (all by default): float64 [n_local, dim].
 
     A box with ``lo[a] == hi[a]`` on some axes is a face or point: those coordinates are fixed
     and the method acts on the remaining axes. ``n``: total count, or points per axis for
@@ -57,7 +58,7 @@ def sample_box(
     cell), aligned with the ownership blocks. ``stream`` names the point set (``"pde"``,
     ``"constraint/bc"``) so that each gets its own random numbers.
     """
-    lo, hi = np.asarray(box.lo), np.asarray(box.hi)
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     free = [a for a in range(len(lo)) if hi[a] > lo[a]]
     block = block or Block(tuple(lo), tuple(hi), (True,) * len(lo))
     if not free:

@@ -1,0 +1,219 @@
+"""From a validated :class:`~ddpinn.config.Config` to the run's objects, checking everything that
+needs the problem or the geometry before any expensive work.
+
+Defines :class:`Experiment` (problem, decomposition, window, derivative spec, network sizes,
+dtype, device) with :func:`build_experiment`, and the point sets of a run
+(:meth:`Experiment.training_points`, :meth:`Experiment.test_points`) for one ownership block.
+Used by the trainer, the CLI and the distributed engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpinn.config import Config, ConfigError, LevelConfig
+from ddpinn.geometry import Block, Box, Decomposition, GeometryError, Level, Window, make_window, multilevel, uniform_level
+from ddpinn.jets import JetSpec
+from ddpinn.model.activations import make_activation
+from ddpinn.model.fbpinn import FBPINN
+from ddpinn.problems import Face, Point, Points, Problem, ProblemError, make_problem
+from ddpinn.sampling import SamplingMethod, sample_box
+
+__all__ = ["Experiment", "build_experiment", "resolve_device", "cell_grid"]
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks the local rank's GPU when CUDA is available, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("run.device: cuda requested but torch.cuda.is_available() is False; use cpu or auto")
+        name = f"cuda:{local_rank % torch.cuda.device_count()}"
+    return torch.device(name)
+
+
+def cell_grid(decomposition: Decomposition) -> tuple[int, ...]:
+    """Cells per axis of the fixed sampling/ownership grid: the finest spacing of any level
+    (n - 1 cells between n centres), at least one."""
+    return tuple(max(1, max(level.shape[a] for level in decomposition.levels) - 1) for a in range(decomposition.domain.dim))
+
+
+def _level_from_config(domain: Box, lc: LevelConfig, overlap: float, where: str, dim: int) -> Level:
+    overlap = lc.overlap if lc.overlap is not None else overlap
+    if lc.centres is not None:
+        if len(lc.centres) != dim:
+            raise ConfigError(f"{where}.centres: need one list per axis ({dim}), got {len(lc.centres)}")
+        centres = [np.asarray(c, dtype=np.float64) for c in lc.centres]
+        if any(c.size == 0 for c in centres):
+            raise ConfigError(f"{where}.centres: every axis needs at least one centre")
+        widths = []
+        for a, c in enumerate(centres):
+            spacing = np.diff(np.sort(c)).mean() if c.size > 1 else domain.lengths[a]
+            widths.append(np.full(c.size, overlap * spacing))
+    else:
+        shape = [lc.subdomains] * dim if isinstance(lc.subdomains, int) else list(lc.subdomains or [])
+        if len(shape) != dim:
+            raise ConfigError(f"{where}.subdomains: need one count per axis ({dim}), got {shape}")
+        base = uniform_level(domain, shape, overlap)
+        centres, widths = list(base.centres), list(base.widths)
+    if lc.widths is not None:
+        given = [lc.widths] * dim if isinstance(lc.widths, (int, float)) else list(lc.widths)
+        if len(given) != dim:
+            raise ConfigError(f"{where}.widths: need one value (or list) per axis ({dim}), got {lc.widths}")
+        for a, w in enumerate(given):
+            w = np.asarray(w, dtype=np.float64)
+            if w.ndim == 1 and w.size != centres[a].size:
+                raise ConfigError(f"{where}.widths[{a}]: {w.size} widths for {centres[a].size} centres")
+            if np.any(w <= 0):
+                raise ConfigError(f"{where}.widths[{a}]: widths must be positive, got {w.tolist()}")
+            widths[a] = np.broadcast_to(w, centres[a].shape).copy()
+    try:
+        return Level(tuple(centres), tuple(widths))
+    except GeometryError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class Experiment:
+    """Everything a run needs that follows from its config; identical on every process."""
+
+    cfg: Config
+    problem: Problem
+    decomposition: Decomposition
+    window: Window
+    spec: JetSpec
+    level_sizes: tuple[tuple[int, ...], ...]
+    output_mean: tuple[float, ...]
+    output_scale: tuple[float, ...]
+    dtype: torch.dtype
+    cells: tuple[int, ...]
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.train.steps + self.cfg.lbfgs.steps
+
+    def make_model(self, held: Sequence[np.ndarray] | None = None, device: torch.device | str = "cpu") -> FBPINN:
+        """The FBPINN holding ``held[l]`` (global ids) of each level; all subdomains by default."""
+        if held is None:
+            held = [np.arange(level.n_subdomains) for level in self.decomposition.levels]
+        model = FBPINN(
+            held,
+            self.level_sizes,
+            make_activation(self.cfg.network.activation),
+            output_mean=self.output_mean,
+            output_scale=self.output_scale,
+            seed=self.cfg.run.seed,
+            dtype=self.dtype,
+        )
+        return model.to(device)
+
+    def training_points(self, epoch: int = 0, block: Block | None = None) -> dict[str, np.ndarray]:
+        """Own points of each loss term (``pde`` then one group per soft constraint) in ``block``."""
+        s, domain = self.cfg.sampling, self.decomposition.domain
+        method = SamplingMethod(s.method)
+        groups = {
+            "pde": sample_box(
+                domain.lo, domain.hi, method, s.n, seed=self.cfg.run.seed, stream="pde", epoch=epoch, cells=self.cells, block=block
+            )
+        }
+        for c in self.problem.constraints():
+            where = c.where
+            if isinstance(where, Points):
+                x = where.x.detach().cpu().double().numpy().reshape(-1, self.problem.dim)
+                groups[c.name] = x if block is None else x[block.contains(x)]
+                continue
+            lo, hi = list(domain.lo), list(domain.hi)
+            if isinstance(where, Point):
+                lo = hi = list(where.coords)
+            elif isinstance(where, Face):
+                a = self.problem.inputs.index(where.axis)
+                lo[a] = hi[a] = domain.lo[a] if where.side == "lo" else domain.hi[a]
+            face_method = SamplingMethod.GRID if method == SamplingMethod.GRID else SamplingMethod.UNIFORM
+            groups[c.name] = sample_box(
+                lo, hi, face_method, c.n_points, seed=self.cfg.run.seed, stream=f"constraint/{c.name}", epoch=epoch,
+                cells=self.cells, block=block,
+            )
+        return groups
+
+    def test_points(self, block: Block | None = None) -> np.ndarray:
+        """The regular test grid (``sampling.test_n``), restricted to ``block``: [n, dim]."""
+        domain = self.decomposition.domain
+        return sample_box(
+            domain.lo, domain.hi, SamplingMethod.GRID, self.cfg.sampling.test_n, seed=0, stream="test", block=block
+        )
+
+    def test_shape(self) -> tuple[int, ...]:
+        from ddpinn.sampling import grid_shape
+
+        return grid_shape(self.decomposition.domain, self.cfg.sampling.test_n)
+
+
+def build_experiment(cfg: Config, base_dir: Path | None = None) -> Experiment:
+    """Resolve and cross-check the config: problem, decomposition (coverage), networks, points."""
+    try:
+        problem = make_problem(cfg.problem.name, cfg.problem.params, base_dir)
+    except ProblemError as err:
+        raise ConfigError(str(err)) from None
+    domain = problem.domain()
+    dim = problem.dim
+
+    d = cfg.decomposition
+    if isinstance(d.levels, int):
+        decomposition = multilevel(domain, d.levels, d.overlap)
+        level_hidden = [cfg.network.hidden] * d.levels
+    else:
+        levels = [
+            _level_from_config(domain, lc, d.overlap, f"decomposition.levels[{i}]", dim) for i, lc in enumerate(d.levels)
+        ]
+        decomposition = Decomposition(domain, tuple(levels))
+        level_hidden = [lc.hidden or cfg.network.hidden for lc in d.levels]
+    try:
+        decomposition.validate(problem.inputs)
+    except GeometryError as err:
+        raise ConfigError(str(err)) from None
+
+    window = make_window(
+        d.window, **({"core": d.sigmoid_core, "edge_value": d.sigmoid_edge_value} if d.window == "sigmoid" else {})
+    )
+    n_out = len(problem.outputs)
+    sizes = tuple(tuple([dim, *hidden, n_out]) for hidden in level_hidden)
+
+    def per_output(value, default, name) -> tuple[float, ...]:
+        value = default if value is None else value
+        values = [float(value)] * n_out if isinstance(value, (int, float)) else [float(v) for v in value]
+        if len(values) != n_out:
+            raise ConfigError(f"network.{name}: {len(values)} values for {n_out} outputs {list(problem.outputs)}")
+        return tuple(values)
+
+    mean = per_output(cfg.network.output_mean, problem.output_mean, "output_mean")
+    scale = per_output(cfg.network.output_scale, problem.output_scale, "output_scale")
+    if any(not s > 0 for s in scale):
+        raise ConfigError(f"network.output_scale: must be > 0, got {list(scale)}")
+
+    s = cfg.sampling
+    for name in ("n", "test_n"):
+        value = getattr(s, name)
+        if isinstance(value, list) and len(value) != dim:
+            raise ConfigError(f"sampling.{name}: {len(value)} per-axis counts for {dim} axes {list(problem.inputs)}")
+    if isinstance(cfg.parallel.level_policy, list) and len(cfg.parallel.level_policy) != decomposition.n_levels:
+        raise ConfigError(
+            f"parallel.level_policy: {len(cfg.parallel.level_policy)} entries for {decomposition.n_levels} levels"
+        )
+    return Experiment(
+        cfg=cfg,
+        problem=problem,
+        decomposition=decomposition,
+        window=window,
+        spec=problem.jet_spec(),
+        level_sizes=sizes,
+        output_mean=mean,
+        output_scale=scale,
+        dtype=torch.float64 if cfg.run.dtype == "float64" else torch.float32,
+        cells=cell_grid(decomposition),
+    )

@@ -1,0 +1,180 @@
+"""The ``ddpinn`` command line.
+
+    ddpinn train CONFIG [--set key=value ...]     train (any launcher: python, torchrun, mpiexec, srun)
+    ddpinn train --resume RUN_DIR [--set ...]     continue from RUN_DIR/checkpoint.h5
+    ddpinn eval RUN_DIR                           recompute the test errors from the checkpoint
+    ddpinn plot RUN_DIR                           redraw RUN_DIR/plots/*.png
+    ddpinn check CONFIG [--set ...] [--ranks N]   validate a config and describe the run, no training
+    ddpinn problems                               list the registered problems
+
+Exit status: 0 success, 2 bad config or input, 3 non-finite loss, 4 communication failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ddpinn", description="Distributed multilevel FBPINN training.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train from a config, or resume a run")
+    t.add_argument("config", nargs="?", help="YAML config file")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=2000 (repeatable)")
+    t.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    e = sub.add_parser("eval", help="recompute test errors from a run's checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    pl = sub.add_parser("plot", help="redraw a run's plots")
+    pl.add_argument("run_dir")
+
+    c = sub.add_parser("check", help="validate a config and describe the run without training")
+    c.add_argument("config")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--ranks", type=int, default=1, help="describe the layout for this many ranks")
+
+    sub.add_parser("problems", help="list the registered problems")
+    return p
+
+
+def _absolute_problem_path(data: dict, base: Path) -> None:
+    """Make a ``file.py:Class`` problem reference absolute, so resumed runs find it."""
+    name = data.get("problem", {}).get("name", "")
+    if isinstance(name, str) and ".py:" in name:
+        file, cls = name.rsplit(":", 1)
+        path = Path(file)
+        if not path.is_absolute():
+            path = (base / path) if (base / path).exists() else path.resolve()
+        data["problem"]["name"] = f"{path.resolve()}:{cls}"
+
+
+def _load(config: str, overrides: list[str]):
+    import yaml
+
+    from ddpinn.config import ConfigError, load_config
+
+    path = Path(config)
+    if not path.exists():
+        raise ConfigError(f"config file {config!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{config}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config}: the config must be a mapping of sections")
+    from ddpinn.config import apply_overrides
+
+    data = apply_overrides(data, overrides)
+    _absolute_problem_path(data, path.parent)
+    return load_config(data=data), path.parent
+
+
+def _train(args) -> int:
+    from ddpinn.config import load_config
+    from ddpinn.session import run_training
+
+    if args.resume:
+        if args.config:
+            raise SystemExit("ddpinn train: give either CONFIG or --resume RUN_DIR, not both")
+        run_dir = Path(args.resume)
+        if not (run_dir / "checkpoint.h5").exists():
+            from ddpinn.config import ConfigError
+
+            raise ConfigError(f"--resume: {run_dir / 'checkpoint.h5'} does not exist")
+        cfg = load_config(
+            run_dir / "config.yaml",
+            [*args.overrides, f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}"],
+        )
+        run_training(cfg, resume=True, quiet=args.quiet)
+        return 0
+    if not args.config:
+        raise SystemExit("ddpinn train: give a CONFIG file or --resume RUN_DIR")
+    cfg, base = _load(args.config, args.overrides)
+    run_training(cfg, base_dir=base, quiet=args.quiet)
+    return 0
+
+
+def _check(args) -> int:
+    from ddpinn.build import build_experiment
+    from ddpinn.model.batch import build_batch
+    from ddpinn.session import make_layout
+
+    cfg, base = _load(args.config, args.overrides)
+    exp = build_experiment(cfg, base)
+    groups = exp.training_points(0)
+    batch = build_batch(exp.problem, exp.decomposition, exp.window, exp.spec, groups, dtype=exp.dtype)
+    layout = make_layout(exp, args.ranks)
+    print(f"problem       {cfg.problem.name} {cfg.problem.params or ''} inputs {list(exp.problem.inputs)}")
+    print(f"derivatives   {exp.spec.describe(exp.problem.inputs)}")
+    print(f"decomposition {exp.decomposition.describe()}, window {cfg.decomposition.window}")
+    for l, (level, cov) in enumerate(zip(exp.decomposition.levels, batch.levels)):
+        print(f"  level {l + 1}: {'x'.join(map(str, level.shape))} subdomains, {cov.n_pairs} (point, subdomain) pairs, "
+              f"{cov.slots} slots per subdomain, network {list(exp.level_sizes[l])}")
+    print(f"points        {', '.join(f'{k}: {len(v)}' for k, v in groups.items())}; total pairs {batch.n_pairs}")
+    n_params = sum(int(level.n_subdomains) * sum(a * b + b for a, b in zip(s[:-1], s[1:]))
+                   for level, s in zip(exp.decomposition.levels, exp.level_sizes))
+    print(f"parameters    {n_params}")
+    print(f"layout        {layout.describe()}")
+    return 0
+
+
+def _problems(_args) -> int:
+    from ddpinn.problems import problem_class, registered
+
+    for name in registered():
+        cls = problem_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:18s} inputs {','.join(cls.inputs):8s} {doc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from ddpinn.config import ConfigError
+    from ddpinn.parallel.comm import CommError
+    from ddpinn.train.checkpoint import CheckpointError
+    from ddpinn.train.trainer import NonFiniteLossError
+
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "eval":
+            from ddpinn.session import evaluate_run
+
+            print(json.dumps(evaluate_run(Path(args.run_dir), args.overrides), indent=2))
+            return 0
+        if args.command == "plot":
+            from ddpinn.io.plots import plot_run
+
+            for path in plot_run(Path(args.run_dir)):
+                print(f"wrote {path}")
+            return 0
+        if args.command == "check":
+            return _check(args)
+        return _problems(args)
+    except (ConfigError, CheckpointError) as err:
+        print(f"ddpinn: error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"ddpinn: error: {err}", file=sys.stderr)
+        return 3
+    except CommError as err:
+        print(f"ddpinn: communication error: {err}", file=sys.stderr)
+        return 4
+    except KeyboardInterrupt:
+        print("ddpinn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

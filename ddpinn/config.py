@@ -1,0 +1,476 @@
+"""Run configuration: one YAML file describes a run completely.
+
+Defines the config tree (:class:`Config` and its sections), :func:`load_config` (YAML plus
+``--set a.b=value`` overrides, unknown keys and wrong types rejected with the field's dotted
+name) and :func:`to_dict` (what is written to ``RUN_DIR/config.yaml``). Cross-checks that need
+the problem or the geometry (coverage gaps, derivative names, dimensions) happen when the run is
+built (:mod:`ddpinn.build`), still before any training step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DecompositionConfig",
+    "LBFGSConfig",
+    "LevelConfig",
+    "NetworkConfig",
+    "OptimizerConfig",
+    "ParallelConfig",
+    "ProblemConfig",
+    "RunConfig",
+    "SamplingConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message starts with the field's dotted name."""
+
+
+def _choice(where: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+
+
+def _positive(where: str, value: float | int, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass(kw_only=True, slots=True)
+class ProblemConfig:
+    name: str
+    """Registered problem (``ddpinn problems`` lists them) or ``path/to/file.py:ClassName``."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Problem parameters (the problem dataclass's fields), e.g. ``{omega: 15}``."""
+
+
+@dataclass(kw_only=True, slots=True)
+class LevelConfig:
+    """One level of an explicit decomposition."""
+
+    subdomains: list[int] | int | None = None
+    """Subdomains per axis (an int applies to every axis); centres are linspace over the domain."""
+    centres: list[list[float]] | None = None
+    """Explicit centres per axis (a list per axis); overrides ``subdomains``."""
+    widths: list[float] | float | list[list[float]] | None = None
+    """Widths per axis (a number per axis, or a list per subdomain); default overlap × spacing."""
+    overlap: float | None = None
+    """Width / centre spacing for this level; defaults to ``decomposition.overlap``."""
+    hidden: list[int] | None = None
+    """Hidden layer sizes of this level's networks; defaults to ``network.hidden``."""
+
+    def __post_init__(self) -> None:
+        if self.subdomains is None and self.centres is None:
+            raise ConfigError("decomposition.levels[]: give `subdomains` (per axis) or `centres`")
+        counts = [self.subdomains] if isinstance(self.subdomains, int) else (self.subdomains or [])
+        for n in counts:
+            if n < 1:
+                raise ConfigError(f"decomposition.levels[].subdomains: must be >= 1 per axis, got {self.subdomains}")
+        if self.overlap is not None:
+            _positive("decomposition.levels[].overlap", self.overlap)
+
+
+@dataclass(kw_only=True, slots=True)
+class DecompositionConfig:
+    levels: int | list[LevelConfig] = 1
+    """An int L gives the multilevel layout (level l has 2^(l-1) subdomains per axis); or a list
+    of explicit levels."""
+    overlap: float = 1.9
+    """Subdomain width / centre spacing (> 1 for the windows to overlap)."""
+    window: str = "cosine"
+    """``cosine`` (default) or ``sigmoid``."""
+    sigmoid_core: float = 0.5
+    """Sigmoid window: half-width (in normalised units) where the window is ~1/2."""
+    sigmoid_edge_value: float = 1e-3
+    """Sigmoid window: value at the subdomain edge, where it is truncated."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.levels, int) and self.levels < 1:
+            raise ConfigError(f"decomposition.levels: need at least 1 level, got {self.levels}")
+        if isinstance(self.levels, list) and not self.levels:
+            raise ConfigError("decomposition.levels: the list of levels is empty")
+        _positive("decomposition.overlap", self.overlap)
+        _choice("decomposition.window", self.window, ("cosine", "sigmoid"))
+
+
+@dataclass(kw_only=True, slots=True)
+class NetworkConfig:
+    hidden: list[int] = field(default_factory=lambda: [16])
+    """Hidden layer sizes of every subdomain network."""
+    activation: str = "tanh"
+    """``tanh`` or ``sin``."""
+    output_mean: float | list[float] | None = None
+    """Un-normalisation mean per output (default: the problem's)."""
+    output_scale: float | list[float] | None = None
+    """Un-normalisation scale per output (default: the problem's)."""
+
+    def __post_init__(self) -> None:
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"network.hidden: need at least one hidden layer of size >= 1, got {self.hidden}")
+        _choice("network.activation", self.activation, ("tanh", "sin"))
+
+
+@dataclass(kw_only=True, slots=True)
+class ScheduleConfig:
+    kind: str = "constant"
+    """``constant``, ``exponential`` (lr · decay^(step/decay_steps)) or ``cosine`` (to ``min_lr``)."""
+    decay: float = 0.1
+    """Exponential: factor applied over ``decay_steps``."""
+    decay_steps: int | None = None
+    """Exponential: steps over which lr is multiplied by ``decay`` (default: all Adam steps)."""
+    min_lr: float = 0.0
+    """Cosine: final learning rate."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 over this many steps."""
+
+    def __post_init__(self) -> None:
+        _choice("optimizer.schedule.kind", self.kind, ("constant", "exponential", "cosine"))
+        _positive("optimizer.schedule.decay", self.decay)
+        if self.decay_steps is not None:
+            _positive("optimizer.schedule.decay_steps", self.decay_steps)
+        _positive("optimizer.schedule.min_lr", self.min_lr, allow_zero=True)
+        _positive("optimizer.schedule.warmup_steps", self.warmup_steps, allow_zero=True)
+
+
+@dataclass(kw_only=True, slots=True)
+class OptimizerConfig:
+    lr: float = 1e-3
+    """Adam learning rate."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """Adam (β1, β2)."""
+    eps: float = 1e-8
+    """Adam ε."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Learning-rate schedule over the Adam steps."""
+    clip_norm: float | None = None
+    """Clip the global gradient norm to this value (None: no clipping)."""
+
+    def __post_init__(self) -> None:
+        _positive("optimizer.lr", self.lr)
+        _positive("optimizer.eps", self.eps)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optimizer.betas: need two values in [0, 1), got {self.betas}")
+        if self.clip_norm is not None:
+            _positive("optimizer.clip_norm", self.clip_norm)
+
+
+@dataclass(kw_only=True, slots=True)
+class LBFGSConfig:
+    steps: int = 0
+    """L-BFGS iterations after the Adam steps (0: none)."""
+    history: int = 20
+    """Number of correction pairs kept."""
+    lr: float = 1.0
+    """Initial step length of the backtracking line search."""
+
+    def __post_init__(self) -> None:
+        _positive("lbfgs.steps", self.steps, allow_zero=True)
+        _positive("lbfgs.history", self.history)
+        _positive("lbfgs.lr", self.lr)
+
+
+@dataclass(kw_only=True, slots=True)
+class SamplingConfig:
+    method: str = "grid"
+    """Collocation points: ``grid``, ``uniform`` (per cell), ``sobol`` or ``halton``."""
+    n: int | list[int] = 1000
+    """Collocation points: a total, or points per axis (``grid``)."""
+    resample_every: int = 0
+    """Draw new collocation points every this many steps (0: never; not for ``grid``)."""
+    test_n: int | list[int] = 1000
+    """Test grid: a total, or points per axis."""
+
+    def __post_init__(self) -> None:
+        _choice("sampling.method", self.method, ("grid", "uniform", "sobol", "halton"))
+        for name in ("n", "test_n"):
+            value = getattr(self, name)
+            values = value if isinstance(value, list) else [value]
+            if not values or min(values) < 1:
+                raise ConfigError(f"sampling.{name}: need at least 1 point (per axis), got {value}")
+        _positive("sampling.resample_every", self.resample_every, allow_zero=True)
+        if self.resample_every and self.method == "grid":
+            raise ConfigError("sampling.resample_every: grid points never change; use method uniform, sobol or halton")
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    steps: int = 1000
+    """Adam steps."""
+    log_every: int = 100
+    """Print and record loss every this many steps."""
+    eval_every: int = 1000
+    """Evaluate the test errors every this many steps (0: only at the end)."""
+    checkpoint_every: int = 0
+    """Write a checkpoint every this many steps (0: only at the end)."""
+    compile: str | bool = "auto"
+    """``auto`` (compile the step when training for >= 2000 steps), ``on`` or ``off``."""
+
+    def __post_init__(self) -> None:
+        _positive("train.steps", self.steps, allow_zero=True)
+        _positive("train.log_every", self.log_every)
+        _positive("train.eval_every", self.eval_every, allow_zero=True)
+        _positive("train.checkpoint_every", self.checkpoint_every, allow_zero=True)
+        if isinstance(self.compile, bool):  # YAML reads a bare on/off as a boolean
+            self.compile = "on" if self.compile else "off"
+        _choice("train.compile", self.compile, ("auto", "on", "off"))
+
+
+@dataclass(kw_only=True, slots=True)
+class RunConfig:
+    name: str = "run"
+    """Run name; the run directory is ``output_dir/name``."""
+    output_dir: str = "runs"
+    """Parent directory of run directories (relative to the working directory)."""
+    seed: int = 0
+    """Seed of initial weights and random collocation points."""
+    device: str = "auto"
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (the local rank's GPU if there is one)."""
+    dtype: str = "float32"
+    """``float32`` or ``float64``."""
+    threads: int | None = None
+    """CPU threads per process (default: torch's choice, divided among local ranks)."""
+    plots: bool = True
+    """Write PNG plots at the end of training."""
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"run.name: must be a non-empty name without '/', got {self.name!r}")
+        _choice("run.dtype", self.dtype, ("float32", "float64"))
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise ConfigError(f"run.device: {self.device!r} is not cpu, cuda, cuda:N or auto")
+        if self.threads is not None:
+            _positive("run.threads", self.threads)
+
+
+@dataclass(kw_only=True, slots=True)
+class ParallelConfig:
+    level_policy: str | list[str] = "auto"
+    """Per level ``replicated``, ``partitioned`` or ``auto`` (cost model), or one value for all."""
+    comm: str = "torch"
+    """Where messages go: ``torch`` (torch.distributed: nccl on GPU, gloo on CPU) or ``mpi`` (mpi4py)."""
+    launcher: str = "auto"
+    """How ranks are found: ``auto`` (torchrun env, SLURM, Open MPI, MPICH/PMI, else one process),
+    ``env``, ``slurm``, ``mpi`` or ``none``."""
+    timeout_s: float = 300.0
+    """Seconds any collective may wait before the job is stopped with an error."""
+    balance: str = "points"
+    """How the process grid's cuts are placed: ``points`` (equal point counts) or ``uniform``."""
+
+    def __post_init__(self) -> None:
+        policies = self.level_policy if isinstance(self.level_policy, list) else [self.level_policy]
+        for p in policies:
+            _choice("parallel.level_policy", p, ("auto", "replicated", "partitioned"))
+        _choice("parallel.comm", self.comm, ("torch", "mpi"))
+        _choice("parallel.launcher", self.launcher, ("auto", "env", "slurm", "mpi", "none"))
+        _positive("parallel.timeout_s", self.timeout_s)
+        _choice("parallel.balance", self.balance, ("points", "uniform"))
+
+
+@dataclass(kw_only=True, slots=True)
+class Config:
+    problem: ProblemConfig
+    """What to solve."""
+    decomposition: DecompositionConfig = field(default_factory=DecompositionConfig)
+    """Subdomains and windows."""
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    """Subdomain networks."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Adam settings and schedule."""
+    lbfgs: LBFGSConfig = field(default_factory=LBFGSConfig)
+    """Optional L-BFGS refinement after Adam."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Collocation and test points."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Steps, logging, evaluation, checkpoints."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Output, seed, device, dtype."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Distributed settings (ignored on one process)."""
+
+    def __post_init__(self) -> None:
+        if self.train.steps + self.lbfgs.steps == 0:
+            raise ConfigError("train.steps: zero steps in total; set train.steps (Adam) or lbfgs.steps > 0")
+        if isinstance(self.parallel.level_policy, list) and isinstance(self.decomposition.levels, int):
+            if len(self.parallel.level_policy) != self.decomposition.levels:
+                raise ConfigError(
+                    f"parallel.level_policy: {len(self.parallel.level_policy)} entries for "
+                    f"{self.decomposition.levels} levels"
+                )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+# ----------------------------------------------------------------------------- loading
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return "mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _convert(where: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        deeper = None
+        for option in typing.get_args(hint):
+            try:
+                return _convert(where, value, option)
+            except ConfigError as err:
+                # An error inside a nested value (a level's field, say) says more than "wrong type".
+                if str(err).startswith((f"{where}.", f"{where}[")) and deeper is None:
+                    deeper = err
+        if deeper is not None:
+            raise deeper
+        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    if hint is Any:
+        return value
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {hint.__name__} fields, got {value!r}")
+        return from_dict(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_convert(f"{where}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, naming the offending key on any error."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {sorted(fields)}"
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(f"{prefix}{name}", data[name], hints[name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}: required key is missing")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        message = str(err)
+        if where and "[]" in message:
+            message = message.replace("decomposition.levels[]", where, 1)
+        raise ConfigError(message) from None
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain-data view of a config (dataclasses -> dicts), for YAML."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, list):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {path}: cannot parse value {raw!r}: {err}") from None
+        node: Any = data
+        for i, key in enumerate(keys[:-1]):
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(f"--set {path}: {'.'.join(keys[: i + 1])} is not an index of a list")
+                node = node[int(key)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {path}: {'.'.join(keys[:i])} is not a section")
+            node = node.setdefault(key, {})
+        last = keys[-1]
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"--set {path}: cannot set {last!r} inside {type(node).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> Config:
+    """Read a YAML config (or take ``data``), apply overrides and validate it."""
+    if data is None:
+        if path is None:
+            raise ConfigError("no config given")
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections")
+    data = apply_overrides(data, overrides or [])
+    return from_dict(Config, data)

@@ -1,0 +1,1 @@
+"""Run outputs: metrics log, progress lines, result files and plots."""

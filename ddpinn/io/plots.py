@@ -1,0 +1,179 @@
+"""PNG plots of a finished run, read back from its directory (so ``ddpinn plot RUN_DIR`` can
+redraw them): the solution, exact solution and error; the decomposition with its windows; and
+the loss and test-error curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ddpinn.io.outputs import read_metrics
+
+__all__ = ["plot_run"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Write ``plots/solution.png``, ``plots/decomposition.png`` and ``plots/curves.png``."""
+    try:
+        plt = _pyplot()
+    except ImportError:
+        print("matplotlib is not installed; skipping plots (pip install 'ddpinn[plots]')")
+        return []
+    run_dir = Path(run_dir)
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    written = []
+    if (run_dir / "results.h5").exists():
+        written.append(_plot_solution(plt, run_dir / "results.h5", out / "solution.png"))
+    written.append(_plot_decomposition(plt, run_dir, out / "decomposition.png"))
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    if metrics:
+        written.append(_plot_curves(plt, metrics, out / "curves.png"))
+    return written
+
+
+def _plot_solution(plt, path: Path, target: Path) -> Path:
+    with h5py.File(path, "r") as f:
+        x, pred = f["x"][()], f["prediction"][()]
+        exact = f["exact"][()] if "exact" in f else None
+        inputs = list(f.attrs["inputs"])
+        rel = f.attrs.get("rel_l2")
+    dim = x.shape[-1]
+    title = f"rel L2 {rel:.2e}" if rel is not None else ""
+    if dim == 1:
+        fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True, height_ratios=[2, 1])
+        axes[0].plot(x[:, 0], pred[:, 0], label="FBPINN", lw=1.5)
+        if exact is not None:
+            axes[0].plot(x[:, 0], exact[:, 0], "k--", label="exact", lw=1)
+            axes[1].plot(x[:, 0], pred[:, 0] - exact[:, 0], "r", lw=1)
+        axes[0].legend()
+        axes[0].set_title(f"u({inputs[0]})  {title}")
+        axes[1].set_ylabel("error")
+        axes[1].set_xlabel(inputs[0])
+    else:
+        # 2-D: the grid; 3-D and up: slices of the last axis at its start, middle and end.
+        if dim == 2:
+            slices = [(x, pred, exact, "")]
+        else:
+            n_last = x.shape[dim - 1]
+            slices = []
+            for k in sorted({0, n_last // 2, n_last - 1}):
+                idx = (slice(None),) * (dim - 1) + (k,) + (Ellipsis,)
+                sub_x, sub_p = x[idx], pred[idx]
+                sub_e = exact[idx] if exact is not None else None
+                while sub_x.ndim > 3:  # collapse middle axes for dim > 3
+                    sub_x, sub_p = sub_x[:, :, 0], sub_p[:, :, 0]
+                    sub_e = sub_e[:, :, 0] if sub_e is not None else None
+                slices.append((sub_x, sub_p, sub_e, f" at {inputs[-1]}={x[idx][0, 0, dim - 1]:.3g}"))
+        cols = 3 if exact is not None else 1
+        fig, axes = plt.subplots(len(slices), cols, figsize=(4.2 * cols, 3.6 * len(slices)), squeeze=False)
+        for row, (sx, sp, se, label) in enumerate(slices):
+            extent = [sx[0, 0, 0], sx[-1, 0, 0], sx[0, 0, 1], sx[0, -1, 1]]
+            panels = [("FBPINN" + label, sp[..., 0], "viridis")]
+            if se is not None:
+                vmax = np.abs(sp[..., 0] - se[..., 0]).max()
+                panels += [("exact" + label, se[..., 0], "viridis"), ("error" + label, sp[..., 0] - se[..., 0], "RdBu_r")]
+            for col, (name, data, cmap) in enumerate(panels):
+                ax = axes[row, col]
+                kwargs = {"vmin": -vmax, "vmax": vmax} if name.startswith("error") and vmax > 0 else {}
+                im = ax.imshow(data.T, origin="lower", extent=extent, cmap=cmap, aspect="auto", **kwargs)
+                ax.set_title(name, fontsize=9)
+                ax.set_xlabel(inputs[0])
+                ax.set_ylabel(inputs[1])
+                fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
+def _plot_decomposition(plt, run_dir: Path, target: Path) -> Path:
+    import torch
+
+    from ddpinn.build import build_experiment
+    from ddpinn.config import load_config
+    from ddpinn.geometry import cover_level
+    from ddpinn.jets import JetSpec
+
+    exp = build_experiment(load_config(run_dir / "config.yaml"))
+    dec, dim = exp.decomposition, exp.problem.dim
+    spec = JetSpec.closure(dim, [])
+    n_levels = dec.n_levels
+    fig, axes = plt.subplots(1, n_levels, figsize=(3.6 * n_levels, 3.4), squeeze=False)
+    names = exp.problem.inputs
+    for l, level in enumerate(dec.levels):
+        ax = axes[0, l]
+        if dim == 1:
+            x = np.linspace(dec.domain.lo[0], dec.domain.hi[0], 800)[:, None]
+            cov = cover_level(level, torch.from_numpy(x), exp.window, spec)
+            for j in range(cov.subdomain_ids.numel()):
+                real = cov.point_index[j] < x.shape[0]
+                xs = x[cov.point_index[j][real].numpy(), 0]
+                ax.plot(xs, cov.window[j, 0][real].numpy(), lw=0.8)
+            ax.set_xlabel(names[0])
+            ax.set_ylabel("normalised window")
+        else:
+            n = 120
+            g0 = np.linspace(dec.domain.lo[0], dec.domain.hi[0], n)
+            g1 = np.linspace(dec.domain.lo[1], dec.domain.hi[1], n)
+            mesh = np.stack(np.meshgrid(g0, g1, indexing="ij"), -1).reshape(-1, 2)
+            pts = np.concatenate([mesh, np.tile(exp.decomposition.domain.centre[2:], (mesh.shape[0], 1))], axis=1)
+            cov = cover_level(level, torch.from_numpy(pts), exp.window, spec)
+            # Colour each point by its largest normalised window: 1 inside a subdomain's core, lower in overlaps.
+            best = np.zeros(pts.shape[0])
+            for j in range(cov.subdomain_ids.numel()):
+                real = cov.point_index[j] < pts.shape[0]
+                idx = cov.point_index[j][real].numpy()
+                best[idx] = np.maximum(best[idx], cov.window[j, 0][real].numpy())
+            ax.imshow(best.reshape(n, n).T, origin="lower", extent=[g0[0], g0[-1], g1[0], g1[-1]], cmap="magma", vmin=0, vmax=1)
+            lo, hi = level.subdomain_boxes()
+            for a, b in zip(lo, hi):
+                ax.add_patch(plt.Rectangle((a[0], a[1]), b[0] - a[0], b[1] - a[1], fill=False, lw=0.5, alpha=0.7, color="C0"))
+            centres = level.subdomain_centres()
+            ax.plot(centres[:, 0], centres[:, 1], ".", ms=2, color="C3")
+            ax.set_xlim(dec.domain.lo[0], dec.domain.hi[0])
+            ax.set_ylim(dec.domain.lo[1], dec.domain.hi[1])
+            ax.set_xlabel(names[0])
+            ax.set_ylabel(names[1])
+        ax.set_title(f"level {l + 1}: {'x'.join(map(str, level.shape))} subdomains", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
+def _plot_curves(plt, metrics: list[dict], target: Path) -> Path:
+    steps = [m["step"] for m in metrics]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].semilogy(steps, [m["loss"] for m in metrics], label="total")
+    for name in metrics[0].get("terms", {}):
+        if len(metrics[0]["terms"]) > 1:
+            axes[0].semilogy(steps, [m["terms"][name] for m in metrics], lw=0.8, label=name)
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("loss")
+    axes[0].legend(fontsize=8)
+    evals = [m for m in metrics if "rel_l2" in m]
+    if evals:
+        for key, label in (("rel_l2", "relative L2"), ("normalised_l1", "normalised L1")):
+            axes[1].semilogy([m["step"] for m in evals], [m[key] for m in evals], "o-", ms=3, label=label)
+        axes[1].legend(fontsize=8)
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("test error")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target

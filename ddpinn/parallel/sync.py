@@ -1,0 +1,70 @@
+"""Gradient and scalar synchronisation: the one global all-reduce per step.
+
+Defines :class:`GradientSync`. Replicated levels' gradients are per-rank partial sums (each rank
+sees only its own points), so they are summed over ranks; partitioned levels' gradients are
+already complete on their owner (halo contributions arrive through the exchange's adjoint).
+The loss terms and, when clipping, the partitioned part of the squared gradient norm ride in
+the same buffer, so a step costs exactly one all-reduce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ddpinn.model.fbpinn import FBPINN
+from ddpinn.parallel.comm import Communicator
+from ddpinn.parallel.layout import ParallelLayout
+
+__all__ = ["GradientSync"]
+
+
+class GradientSync:
+    def __init__(self, model: FBPINN, layout: ParallelLayout, comm: Communicator) -> None:
+        self.comm = comm
+        self.params = list(model.parameters())
+        replicated_ids = {
+            id(p) for level, net in enumerate(model.nets) if not layout.is_partitioned(level) for p in net.parameters()
+        }
+        self.replicated_mask = [id(p) in replicated_ids for p in self.params]
+        self.replicated = [p for p, r in zip(self.params, self.replicated_mask) if r]
+        self.partitioned = [p for p, r in zip(self.params, self.replicated_mask) if not r]
+
+    def reduce(self, scalars: Tensor, with_norm: bool = False) -> tuple[Tensor, Tensor | None]:
+        """All-reduce replicated gradients (in place) and ``scalars`` ([k]); returns the global
+        scalars and, if ``with_norm``, the global gradient norm."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.replicated]
+        partitioned_sq = None
+        if with_norm:
+            partitioned_sq = sum((p.grad.detach() ** 2).sum() for p in self.partitioned if p.grad is not None)
+            partitioned_sq = torch.as_tensor(partitioned_sq, dtype=scalars.dtype, device=scalars.device).reshape(1)
+        if self.comm.world_size == 1:
+            total_scalars, part_sq = scalars, partitioned_sq
+        else:
+            pieces = [g.reshape(-1).to(scalars.dtype) for g in grads] + [scalars]
+            if partitioned_sq is not None:
+                pieces.append(partitioned_sq)
+            flat = self.comm.all_reduce_sum(torch.cat(pieces))
+            offset = 0
+            for p, g in zip(self.replicated, grads):
+                n = g.numel()
+                p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
+                offset += n
+            total_scalars = flat[offset : offset + scalars.numel()]
+            part_sq = flat[offset + scalars.numel() :] if partitioned_sq is not None else None
+        norm = None
+        if with_norm:
+            replicated_sq = sum((p.grad.detach() ** 2).sum() for p in self.replicated if p.grad is not None)
+            norm = (part_sq.sum() + replicated_sq).sqrt()
+        return total_scalars, norm
+
+    def dot(self, a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+        """Global inner product of two parameter-shaped vectors (replicated entries counted once)."""
+        local = sum((x * y).sum() for x, y, r in zip(a, b, self.replicated_mask) if not r)
+        shared = sum((x * y).sum() for x, y, r in zip(a, b, self.replicated_mask) if r)
+        local = torch.as_tensor(local, dtype=torch.float64).reshape(1)
+        if self.comm.world_size > 1:
+            local = self.comm.all_reduce_sum(local.to(self.params[0].device)).cpu()
+        return float(local.sum()) + float(shared)

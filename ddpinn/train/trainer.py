@@ -1,0 +1,312 @@
+"""The training loop: resume, step, log, evaluate, checkpoint. Nothing else.
+
+Defines :class:`Trainer` and :class:`NonFiniteLossError`. The model, the batches, the gradient
+synchronisation and the outputs are built elsewhere and handed in; the loop itself is the same
+for one process and for many.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ddpinn.build import Experiment
+from ddpinn.config import to_dict
+from ddpinn.io.outputs import MetricsLog, Progress, format_duration, write_results
+from ddpinn.model.batch import EvaluationBatch
+from ddpinn.parallel.batching import BatchFactory, TestSet
+from ddpinn.parallel.comm import Communicator
+from ddpinn.parallel.layout import ParallelLayout
+from ddpinn.parallel.parallelize import parallelize_model
+from ddpinn.parallel.sync import GradientSync
+from ddpinn.train import checkpoint as ckpt_io
+from ddpinn.train.evaluation import TestErrors, test_errors
+from ddpinn.train.lbfgs import LBFGS
+from ddpinn.train.objective import Objective
+from ddpinn.train.schedules import learning_rate
+
+__all__ = ["Trainer", "NonFiniteLossError", "TrainingResult"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; raised on every rank at the same step."""
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    step: int
+    loss: float
+    errors: TestErrors | None
+    train_seconds: float
+    compile_seconds: float
+
+
+class Trainer:
+    def __init__(
+        self,
+        exp: Experiment,
+        *,
+        comm: Communicator,
+        layout: ParallelLayout,
+        device: torch.device,
+        run_dir: Path,
+        quiet: bool = False,
+    ) -> None:
+        self.exp, self.comm, self.layout, self.device = exp, comm, layout, device
+        self.cfg = exp.cfg
+        self.run_dir = Path(run_dir)
+        self.is_root = comm.rank == 0
+        self.model = parallelize_model(exp.make_model(layout.held(comm.rank), device), layout=layout, comm=comm)
+        self.objective = Objective(exp.problem, exp.spec)
+        self.sync = GradientSync(self.model, layout, comm)
+        self.batches = BatchFactory(exp, layout, comm, device)
+        o = self.cfg.optimizer
+        fused = device.type in ("cpu", "cuda")
+        self.adam = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
+        self.lbfgs = LBFGS(list(self.model.parameters()), self.sync.dot, self.cfg.lbfgs.history, self.cfg.lbfgs.lr)
+        self.progress = Progress(exp.total_steps, self.is_root and not quiet)
+        self.compile_seconds = 0.0
+        self._local_terms = self._choose_step_function()
+        # Rank 0 writes replicated levels; every rank writes its own subdomains of partitioned ones.
+        self.owned_levels = [layout.is_partitioned(l) or self.is_root for l in range(exp.decomposition.n_levels)]
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume: bool = False) -> TrainingResult:
+        step, epoch = self._start(resume)
+        batch = self.batches.training_batch(epoch)
+        test = self.batches.test_set()
+        adam_steps, total = self.cfg.train.steps, self.exp.total_steps
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_root, resume_step=step if resume else None)
+        errors, terms, t_start = None, None, time.perf_counter()
+        self.progress.restart_clock(step)
+        while step < total:
+            if step < adam_steps and self._epoch(step) != epoch:
+                epoch = self._epoch(step)
+                batch = self.batches.training_batch(epoch)
+            terms = self._adam_step(step, batch) if step < adam_steps else self._lbfgs_step(batch)
+            step += 1
+            self._check_finite(terms, step)
+            evaluate = step == total or (self.cfg.train.eval_every and step % self.cfg.train.eval_every == 0)
+            if evaluate:
+                errors = self.evaluate(test)
+            if evaluate or step % self.cfg.train.log_every == 0:
+                self._log(metrics, step, terms, errors if evaluate else None)
+            if step == total or (self.cfg.train.checkpoint_every and step % self.cfg.train.checkpoint_every == 0):
+                self.save(step, epoch)
+        train_seconds = time.perf_counter() - t_start
+        if terms is None:  # resumed at the end: report the checkpoint's state
+            terms = self.sync.reduce(self._local_terms(batch).detach())[0]
+            errors = self.evaluate(test)
+        self._finish(test, errors, step, float(terms.sum()), train_seconds)
+        return TrainingResult(step, float(terms.sum()), errors, train_seconds, self.compile_seconds)
+
+    # ------------------------------------------------------------------ steps
+    def _adam_step(self, step: int, batch: EvaluationBatch) -> torch.Tensor:
+        lr = learning_rate(self.cfg.optimizer.lr, self.cfg.optimizer.schedule, step, self.cfg.train.steps)
+        for group in self.adam.param_groups:
+            group["lr"] = lr
+        self.adam.zero_grad(set_to_none=True)
+        local = self._local_terms(batch)
+        local.sum().backward()
+        clip = self.cfg.optimizer.clip_norm
+        terms, norm = self.sync.reduce(local.detach(), with_norm=clip is not None)
+        if clip is not None:
+            factor = torch.clamp(clip / (norm + 1e-12), max=1.0)
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(factor)
+        self.adam.step()
+        return terms
+
+    def _lbfgs_step(self, batch: EvaluationBatch) -> torch.Tensor:
+        last: list[torch.Tensor] = []
+
+        def closure() -> float:
+            self.model.zero_grad(set_to_none=True)
+            local = self._local_terms(batch)
+            local.sum().backward()
+            terms, _ = self.sync.reduce(local.detach())
+            last[:] = [terms]
+            return float(terms.sum())
+
+        self.lbfgs.step(closure)
+        return last[0]
+
+    def _epoch(self, step: int) -> int:
+        every = self.cfg.sampling.resample_every
+        return step // every if every else 0
+
+    def _choose_step_function(self):
+        def local_terms(batch: EvaluationBatch) -> torch.Tensor:
+            return self.objective.terms(self.model(batch), batch)
+
+        mode = self.cfg.train.compile
+        if mode == "off" or (mode == "auto" and self.cfg.train.steps < 2000):
+            return local_terms
+        compiled = torch.compile(local_terms)
+        state = {"fn": None}
+
+        def first_call_compiles(batch: EvaluationBatch) -> torch.Tensor:
+            if state["fn"] is not None:
+                return state["fn"](batch)
+            t0 = time.perf_counter()
+            try:
+                out = compiled(batch)
+                state["fn"] = compiled
+            except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
+                self.progress.message(f"torch.compile failed ({type(err).__name__}: {err}); continuing in eager mode")
+                out = local_terms(batch)
+                state["fn"] = local_terms
+            self.compile_seconds = time.perf_counter() - t0
+            self.progress.pause(self.compile_seconds)
+            self.progress.message(f"compiled the training step in {self.compile_seconds:.1f} s")
+            return out
+
+        return first_call_compiles
+
+    # ------------------------------------------------------------------ evaluation and logging
+    @torch.no_grad()
+    def predict(self, batch: EvaluationBatch) -> torch.Tensor:
+        """u at the batch's own points: [n_own, n_out]."""
+        return self.model(batch)[:, 0, :]
+
+    def evaluate(self, test: TestSet) -> TestErrors | None:
+        prediction = self.predict(test.batch)
+        if test.exact is None:
+            return None
+        return test_errors(prediction, test.exact, self.comm)
+
+    def _log(self, metrics: MetricsLog, step: int, terms: torch.Tensor, errors: TestErrors | None) -> None:
+        values = terms.tolist()
+        rate = self.progress.rate(step)
+        record = {
+            "step": step,
+            "loss": float(sum(values)),
+            "terms": dict(zip(self.objective.names, values)),
+            "lr": self.adam.param_groups[0]["lr"] if step <= self.cfg.train.steps else None,
+            "steps_per_s": rate,
+        }
+        if errors is not None:
+            record.update(errors.as_dict())
+        metrics.write(record)
+        self.progress.line(step, record["loss"], rate, errors.as_dict() if errors else None)
+
+    def _check_finite(self, terms: torch.Tensor, step: int) -> None:
+        if bool(torch.isfinite(terms).all()):
+            return
+        bad_terms = [n for n, v in zip(self.objective.names, terms.tolist()) if not np.isfinite(v)]
+        where = self._non_finite_subdomains()
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} in term(s) {bad_terms}; {where}. The last checkpoint "
+            f"({self.run_dir / 'checkpoint.h5'}) is from before this step and intact; lower optimizer.lr or "
+            f"set optimizer.clip_norm"
+        )
+
+    def _non_finite_subdomains(self) -> str:
+        local = []
+        for level, net in enumerate(self.model.nets):
+            for p in net.parameters():
+                for tensor, what in ((p, "parameter"), (p.grad, "gradient")):
+                    if tensor is None or tensor.numel() == 0:
+                        continue
+                    bad = ~torch.isfinite(tensor.detach()).reshape(tensor.shape[0], -1).all(dim=1)
+                    for i in torch.nonzero(bad).reshape(-1).tolist()[:3]:
+                        local.append(f"level {level + 1} subdomain {int(self.model.held[level][i])} ({what})")
+        found = sorted(set(sum(self.comm.allgather_object(local), [])))
+        return "first non-finite: " + ", ".join(found[:6]) if found else "parameters and gradients are finite"
+
+    # ------------------------------------------------------------------ checkpoints and outputs
+    def _start(self, resume: bool) -> tuple[int, int]:
+        if self.is_root:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        if not resume:
+            return 0, 0
+        checkpoint = ckpt_io.load_checkpoint(self.run_dir / "checkpoint.h5")
+        lbfgs_state = ckpt_io.restore(checkpoint, self.model, self.adam)
+        self.lbfgs.state = lbfgs_state
+        self.progress.message(
+            f"resumed from step {checkpoint.step} (written by {checkpoint.world_size} rank(s), "
+            f"now {self.comm.world_size})"
+        )
+        return checkpoint.step, checkpoint.epoch
+
+    def save(self, step: int, epoch: int) -> None:
+        adam_state = next(iter(self.adam.state.values()), None)
+        adam_step = int(adam_state["step"]) if adam_state else 0
+        ckpt_io.save_checkpoint(
+            self.run_dir / "checkpoint.h5",
+            model=self.model,
+            comm=self.comm,
+            owned_levels=self.owned_levels,
+            step=step,
+            epoch=epoch,
+            phase="adam" if step <= self.cfg.train.steps else "lbfgs",
+            config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
+            adam=self.adam,
+            adam_step=adam_step,
+            lbfgs=self.lbfgs.state if self.lbfgs.state.s else None,
+        )
+
+    def _finish(self, test: TestSet, errors: TestErrors | None, step: int, loss: float, seconds: float) -> None:
+        prediction = self.predict(test.batch).double().cpu().numpy()
+        gathered = self.comm.allgather_object(
+            (test.x, prediction, None if test.exact is None else test.exact.numpy())
+        )
+        if not self.is_root:
+            return
+        summary = {
+            "step": step,
+            "loss": loss,
+            "errors": errors.as_dict() if errors else None,
+            "train_seconds": seconds,
+            "compile_seconds": self.compile_seconds,
+            "world_size": self.comm.world_size,
+            "layout": self.layout.describe(),
+            "decomposition": self.exp.decomposition.describe(),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        x, prediction, exact = _assemble_grid(gathered, self.exp.decomposition.domain, self.exp.test_shape())
+        write_results(
+            self.run_dir / "results.h5",
+            x=x,
+            prediction=prediction,
+            exact=exact,
+            grid_shape=self.exp.test_shape(),
+            input_names=self.exp.problem.inputs,
+            output_names=self.exp.problem.outputs,
+            errors=errors.as_dict() if errors else {},
+            step=step,
+        )
+        msg = f"done: {step} steps in {format_duration(seconds)}, loss {loss:.3e}"
+        if errors:
+            msg += (
+                f", rel L2 {errors.rel_l2:.3e}, L1 {errors.l1:.3e}, normalised L1 {errors.normalised_l1:.3e}"
+            )
+        self.progress.message(msg)
+        if self.cfg.run.plots:
+            from ddpinn.io.plots import plot_run
+
+            for path in plot_run(self.run_dir):
+                self.progress.message(f"  wrote {path}")
+
+
+def _assemble_grid(parts, domain, shape: tuple[int, ...]):
+    """Put every rank's (x, prediction, exact) rows into C-order grid positions."""
+    x = np.concatenate([p[0] for p in parts])
+    prediction = np.concatenate([p[1] for p in parts])
+    exact = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
+    axes = [np.linspace(domain.lo[a], domain.hi[a], n) if n > 1 else np.array([(domain.lo[a] + domain.hi[a]) / 2])
+            for a, n in enumerate(shape)]
+    # Test points are the same linspace values as ``axes``, so searchsorted finds them exactly.
+    index = tuple(np.clip(np.searchsorted(axes[a], x[:, a]), 0, n - 1) for a, n in enumerate(shape))
+    order = np.argsort(np.ravel_multi_index(index, shape), kind="stable")
+    return x[order], prediction[order], None if exact is None else exact[order]

@@ -34,9 +34,12 @@ class Communicator(ABC):
         """Element-wise sum over ranks; returns the reduced tensor (same shape, dtype, device)."""
 
     @abstractmethod
-    def exchange(self, sends: Mapping[int, Tensor], recv_shapes: Mapping[int, tuple[int, ...]]) -> dict[int, Tensor]:
-        """Point-to-point exchange with neighbours: send ``sends[q]`` to rank q and receive a tensor
-        of ``recv_shapes[q]`` from each rank q. Every rank must call it (possibly with nothing)."""
+    def exchange(
+        self, sends: Mapping[int, Tensor], recv_shapes: Mapping[int, tuple[int, ...]], dtype: torch.dtype
+    ) -> dict[int, Tensor]:
+        """Point-to-point exchange with neighbours: send ``sends[q]`` to rank q and receive a
+        ``dtype`` tensor of ``recv_shapes[q]`` from each rank q. Both sides of every pair must
+        list each other (zero-size entries are allowed and send nothing)."""
 
     @abstractmethod
     def allgather_object(self, obj: Any) -> list[Any]:
@@ -58,7 +61,7 @@ class LocalComm(Communicator):
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         return tensor
 
-    def exchange(self, sends, recv_shapes):
+    def exchange(self, sends, recv_shapes, dtype):
         if sends or recv_shapes:
             raise CommError("LocalComm has no neighbours to exchange with")
         return {}

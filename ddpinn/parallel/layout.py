@@ -12,6 +12,8 @@ gradient synchronisation and the checkpoints.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -180,6 +182,33 @@ class ParallelLayout:
             np.nonzero(owner == rank)[0] if self.is_partitioned(l) else np.arange(owner.size)
             for l, owner in enumerate(self.owners)
         ]
+
+    def neighbours(self, rank: int) -> list[int]:
+        """Ranks that exchange halo values with ``rank`` (symmetric): q is a neighbour of r when a
+        partitioned subdomain owned by one of them reaches into the other's block."""
+        return sorted(self._neighbour_sets[rank])
+
+    @functools.cached_property
+    def _neighbour_sets(self) -> list[set[int]]:
+        sets: list[set[int]] = [set() for _ in range(self.world_size)]
+        for l, level in enumerate(self.decomposition.levels):
+            if not self.is_partitioned(l):
+                continue
+            lo, hi = level.subdomain_boxes()
+            ranges = []
+            for a in range(level.dim):
+                cuts = self.cut_coordinates(a)
+                first = np.clip(np.searchsorted(cuts, lo[:, a], side="right") - 1, 0, self.grid[a] - 1)
+                last = np.clip(np.searchsorted(cuts, hi[:, a], side="left") - 1, 0, self.grid[a] - 1)
+                ranges.append((first, last))
+            for s, owner in enumerate(self.owners[l]):
+                axes = [range(int(f[s]), int(t[s]) + 1) for f, t in ranges]
+                for block in itertools.product(*axes):
+                    other = int(np.ravel_multi_index(block, self.grid))
+                    if other != owner:
+                        sets[owner].add(other)
+                        sets[other].add(int(owner))
+        return sets
 
     def describe(self) -> str:
         parts = []

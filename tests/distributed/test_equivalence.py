@@ -1,0 +1,114 @@
+"""N ranks compute the same model, loss, gradients and parameters as one rank.
+
+Runs the worker through real launchers (torchrun with gloo, mpiexec in bootstrap and mpi4py
+modes) on a 1-D and a 2-D multilevel problem with both partitioned and replicated levels.
+"""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.distributed.harness import launch, rel_diff, mpiexec
+
+pytestmark = pytest.mark.distributed
+
+STEPS = 5
+
+CASES = {
+    # 1-D, second order, soft constraints at t = 0 (owned by rank 0 only), levels 1,2,4,8.
+    "harmonic1d": {
+        "problem": {"name": "harmonic", "params": {"w0": 20.0, "constraint": "soft"}},
+        "decomposition": {"levels": 4},
+        "network": {"hidden": [8, 8]},
+        "sampling": {"method": "grid", "n": 64, "test_n": 50},
+        "parallel": {"level_policy": ["replicated", "replicated", "partitioned", "partitioned"]},
+    },
+    # 2-D Poisson, levels 1, 2x2, 4x4.
+    "poisson2d": {
+        "problem": {"name": "poisson2d", "params": {"frequencies": [2.0, 4.0]}},
+        "decomposition": {"levels": 3},
+        "sampling": {"method": "uniform", "n": 300, "test_n": [20, 20]},
+        "parallel": {"level_policy": ["replicated", "partitioned", "partitioned"]},
+    },
+    # 2-D Burgers (x, t): nonlinear residual, hard constraint with a shift, uneven explicit cuts.
+    "burgers": {
+        "problem": {"name": "burgers"},
+        "decomposition": {"levels": [{"subdomains": [1, 1]}, {"centres": [[-1.0, -0.4, 0.3, 1.0], [0.0, 0.5, 1.0]]}]},
+        "sampling": {"method": "sobol", "n": 256, "test_n": [20, 10]},
+        "parallel": {"level_policy": ["replicated", "partitioned"]},
+    },
+}
+
+
+def config(case: str, dtype: str) -> dict:
+    data = json.loads(json.dumps(CASES[case]))
+    data.update(
+        optimizer={"lr": 1e-3},
+        train={"steps": STEPS, "log_every": 1, "eval_every": STEPS, "compile": "off"},
+        run={"dtype": dtype, "plots": False, "seed": 3},
+        parallel={**data["parallel"], "timeout_s": 60},
+    )
+    return data
+
+
+def results(out):
+    grads = dict(np.load(out / "grads.npz"))
+    with h5py.File(out / "run" / "checkpoint.h5") as f:
+        params = {}
+        f.visititems(lambda k, o: params.__setitem__(k, o[()]) if isinstance(o, h5py.Dataset) else None)
+    metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    return grads, params, metrics
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    cache = {}
+
+    def get(case: str, dtype: str):
+        if (case, dtype) not in cache:
+            out = tmp_path_factory.mktemp(f"ref-{case}-{dtype}")
+            launch(1, "equivalence", config(case, dtype), out)
+            cache[(case, dtype)] = results(out)
+        return cache[(case, dtype)]
+
+    return get
+
+
+def assert_equivalent(ref, got, tol: float) -> None:
+    (g_ref, p_ref, m_ref), (g, p, m) = ref, got
+    assert set(g_ref) == set(g)
+    for key in g_ref:
+        assert rel_diff(g_ref[key], g[key]) <= tol, f"step-0 {key} differs"
+    assert set(p_ref) == set(p)
+    for key in p_ref:
+        if key.endswith(("W0", "W1", "W2", "b0", "b1", "b2")):
+            assert rel_diff(p_ref[key], p[key]) <= tol, f"{key} after {STEPS} steps differs"
+    assert rel_diff([r["loss"] for r in m_ref], [r["loss"] for r in m]) <= tol
+    assert rel_diff(m_ref[-1]["rel_l2"], m[-1]["rel_l2"]) <= tol
+
+
+@pytest.mark.parametrize(
+    "case,n,launcher,comm,dtype",
+    [
+        ("harmonic1d", 2, "torchrun", "torch", "float64"),
+        ("harmonic1d", 4, "torchrun", "torch", "float64"),
+        ("poisson2d", 2, "torchrun", "torch", "float64"),
+        ("poisson2d", 4, "torchrun", "torch", "float64"),
+        ("burgers", 4, "torchrun", "torch", "float32"),
+        ("poisson2d", 2, "mpiexec", "torch", "float64"),
+        ("poisson2d", 2, "mpiexec", "mpi", "float64"),
+        ("harmonic1d", 2, "mpiexec", "mpi", "float64"),
+    ],
+)
+def test_n_ranks_equal_one_rank(tmp_path, reference, case, n, launcher, comm, dtype):
+    if launcher == "mpiexec" and mpiexec() is None:
+        pytest.skip("mpiexec not installed (pip install mpich mpi4py)")
+    cfg = config(case, dtype)
+    cfg["parallel"]["comm"] = comm
+    launch(n, "equivalence", cfg, tmp_path, launcher=launcher)
+    tol = 1e-10 if dtype == "float64" else 1e-5
+    assert_equivalent(reference(case, dtype), results(tmp_path), tol)

@@ -70,6 +70,9 @@ def _balanced_cuts(weights: np.ndarray, parts: int) -> np.ndarray:
     cum = np.concatenate([[0.0], np.cumsum(weights)])
     targets = cum[-1] * np.arange(1, parts) / parts
     cuts = np.searchsorted(cum, targets)
+    # The nearer of the two cell boundaries around each target.
+    lower = np.clip(cuts - 1, 0, n)
+    cuts = np.where(np.abs(cum[lower] - targets) <= np.abs(cum[np.minimum(cuts, n)] - targets), lower, cuts)
     # Keep at least one cell per block.
     cuts = np.clip(cuts, np.arange(1, parts), n - parts + np.arange(1, parts))
     for i in range(1, cuts.size):

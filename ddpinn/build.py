@@ -39,9 +39,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def cell_grid(decomposition: Decomposition) -> tuple[int, ...]:
-    """Cells per axis of the fixed sampling/ownership grid: the finest spacing of any level
-    (n - 1 cells between n centres), at least one."""
-    return tuple(max(1, max(level.shape[a] for level in decomposition.levels) - 1) for a in range(decomposition.domain.dim))
+    """Cells per axis of the fixed sampling/ownership grid: half the finest centre spacing of any
+    level (so a block boundary can fall midway between two centres, which balances the owned
+    subdomains and makes halos symmetric), and at least 16 so that levels with few subdomains
+    can still be split by points."""
+    return tuple(
+        max(16, 2 * (max(level.shape[a] for level in decomposition.levels) - 1)) for a in range(decomposition.domain.dim)
+    )
 
 
 def _level_from_config(domain: Box, lc: LevelConfig, overlap: float, where: str, dim: int) -> Level:
@@ -147,6 +151,16 @@ class Experiment:
         return sample_box(
             domain.lo, domain.hi, SamplingMethod.GRID, self.cfg.sampling.test_n, seed=0, stream="test", block=block
         )
+
+    @property
+    def collocation_count(self) -> int:
+        """Global number of PDE collocation points (all processes together)."""
+        from ddpinn.sampling import grid_shape
+
+        s = self.cfg.sampling
+        if s.method == SamplingMethod.GRID:
+            return int(np.prod(grid_shape(self.decomposition.domain, s.n)))
+        return s.n if isinstance(s.n, int) else int(np.prod(s.n))
 
     def test_shape(self) -> tuple[int, ...]:
         from ddpinn.sampling import grid_shape

@@ -49,10 +49,7 @@ def _halo_points(exp: Experiment, grid: tuple[int, ...], reach: np.ndarray, n_po
 
 def level_costs(exp: Experiment, world_size: int) -> list[LevelCost]:
     grid = process_grid(world_size, exp.cells)
-    s = exp.cfg.sampling
-    n_points = int(np.prod(grid_shape(exp.decomposition.domain, s.n))) if s.method == "grid" else (
-        s.n if isinstance(s.n, int) else int(np.prod(s.n))
-    )
+    n_points = exp.collocation_count
     values_per_point = len(exp.spec) * len(exp.problem.outputs) * 2  # forward values + backward gradients
     costs, reach = [], np.zeros(exp.problem.dim)
     for l in reversed(range(exp.decomposition.n_levels)):

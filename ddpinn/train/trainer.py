@@ -72,7 +72,8 @@ class Trainer:
         self.lbfgs = LBFGS(list(self.model.parameters()), self.sync.dot, self.cfg.lbfgs.history, self.cfg.lbfgs.lr)
         self.progress = Progress(exp.total_steps, self.is_root and not quiet)
         self.compile_seconds = 0.0
-        self._local_terms = self._choose_step_function()
+        self.local_terms = self._choose_step_function()
+        """``local_terms(batch)``: this process's contributions to each loss term, [n_terms]."""
         # Rank 0 writes replicated levels; every rank writes its own subdomains of partitioned ones.
         self.owned_levels = [layout.is_partitioned(l) or self.is_root for l in range(exp.decomposition.n_levels)]
 
@@ -89,9 +90,8 @@ class Trainer:
             if step < adam_steps and self._epoch(step) != epoch:
                 epoch = self._epoch(step)
                 batch = self.batches.training_batch(epoch)
-            terms = self._adam_step(step, batch) if step < adam_steps else self._lbfgs_step(batch)
+            terms = self.train_step(step, batch)
             step += 1
-            self._check_finite(terms, step)
             evaluate = step == total or (self.cfg.train.eval_every and step % self.cfg.train.eval_every == 0)
             if evaluate:
                 errors = self.evaluate(test)
@@ -101,18 +101,25 @@ class Trainer:
                 self.save(step, epoch)
         train_seconds = time.perf_counter() - t_start
         if terms is None:  # resumed at the end: report the checkpoint's state
-            terms = self.sync.reduce(self._local_terms(batch).detach())[0]
+            terms = self.sync.reduce(self.local_terms(batch).detach())[0]
             errors = self.evaluate(test)
         self._finish(test, errors, step, float(terms.sum()), train_seconds)
         return TrainingResult(step, float(terms.sum()), errors, train_seconds, self.compile_seconds)
 
     # ------------------------------------------------------------------ steps
+    def train_step(self, step: int, batch: EvaluationBatch) -> torch.Tensor:
+        """One optimiser step (Adam, or L-BFGS after ``train.steps``); returns the global loss
+        terms and raises :class:`NonFiniteLossError` on every rank if they are not finite."""
+        terms = self._adam_step(step, batch) if step < self.cfg.train.steps else self._lbfgs_step(batch)
+        self._check_finite(terms, step + 1)
+        return terms
+
     def _adam_step(self, step: int, batch: EvaluationBatch) -> torch.Tensor:
         lr = learning_rate(self.cfg.optimizer.lr, self.cfg.optimizer.schedule, step, self.cfg.train.steps)
         for group in self.adam.param_groups:
             group["lr"] = lr
         self.adam.zero_grad(set_to_none=True)
-        local = self._local_terms(batch)
+        local = self.local_terms(batch)
         local.sum().backward()
         clip = self.cfg.optimizer.clip_norm
         terms, norm = self.sync.reduce(local.detach(), with_norm=clip is not None)
@@ -129,7 +136,7 @@ class Trainer:
 
         def closure() -> float:
             self.model.zero_grad(set_to_none=True)
-            local = self._local_terms(batch)
+            local = self.local_terms(batch)
             local.sum().backward()
             terms, _ = self.sync.reduce(local.detach())
             last[:] = [terms]

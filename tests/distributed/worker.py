@@ -56,7 +56,7 @@ def main() -> None:
         trainer = Trainer(exp, comm=comm, layout=layout, device=device, run_dir=cfg.run_dir, quiet=True)
         if mode == "equivalence":
             batch = trainer.batches.training_batch(0)
-            local = trainer._local_terms(batch)
+            local = trainer.local_terms(batch)
             local.sum().backward()
             terms, _ = trainer.sync.reduce(local.detach())
             grads = gather_gradients(trainer, layout, comm)

@@ -231,7 +231,23 @@ class Problem:
         for c in self.constraints():
             if isinstance(c.where, Face) and c.where.axis not in self.inputs:
                 raise ProblemError(f"constraint {c.name!r}: Face axis {c.where.axis!r} is not an input")
-        self.jet_spec()
+        self._dry_run_residuals()
+
+    def _dry_run_residuals(self) -> None:
+        """Evaluate every residual once on zero jets at a few domain points, so that a residual
+        reading an undeclared derivative fails now, not at the first training step."""
+        spec = self.jet_spec()
+        names = self.derivative_names(spec)
+        box = self.domain()
+        x = torch.tensor([box.centre.tolist()] * 3, dtype=torch.float64)
+        d = Derivatives(torch.zeros(3, len(spec), len(self.outputs), dtype=torch.float64), names)
+        checks = [("residual", self.residual)] + [(f"constraint {c.name!r}", c.residual) for c in self.constraints()]
+        for what, fn in checks:
+            try:
+                fn(x, d)
+            except KeyError as err:
+                message = err.args[0] if err.args else str(err)
+                raise ProblemError(f"{type(self).__name__} {what}: {message}") from None
 
 
 def _permutations(axes: tuple[str, ...]) -> set[tuple[str, ...]]:

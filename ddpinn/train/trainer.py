@@ -72,6 +72,7 @@ class Trainer:
         self.lbfgs = LBFGS(list(self.model.parameters()), self.sync.dot, self.cfg.lbfgs.history, self.cfg.lbfgs.lr)
         self.progress = Progress(exp.total_steps, self.is_root and not quiet)
         self.compile_seconds = 0.0
+        self._compile_pending = False
         self.local_terms = self._choose_step_function()
         """``local_terms(batch)``: this process's contributions to each loss term, [n_terms]."""
         # Rank 0 writes replicated levels; every rank writes its own subdomains of partitioned ones.
@@ -110,7 +111,14 @@ class Trainer:
     def train_step(self, step: int, batch: EvaluationBatch) -> torch.Tensor:
         """One optimiser step (Adam, or L-BFGS after ``train.steps``); returns the global loss
         terms and raises :class:`NonFiniteLossError` on every rank if they are not finite."""
+        t0 = time.perf_counter()
         terms = self._adam_step(step, batch) if step < self.cfg.train.steps else self._lbfgs_step(batch)
+        if self._compile_pending:
+            # The first step compiles the forward graph and, at backward(), the backward graph.
+            self._compile_pending = False
+            self.compile_seconds = time.perf_counter() - t0
+            self.progress.pause(self.compile_seconds)
+            self.progress.message(f"compiled the training step (forward and backward) in {self.compile_seconds:.1f} s")
         self._check_finite(terms, step + 1)
         return terms
 
@@ -162,7 +170,6 @@ class Trainer:
         def first_call_compiles(batch: EvaluationBatch) -> torch.Tensor:
             if state["fn"] is not None:
                 return state["fn"](batch)
-            t0 = time.perf_counter()
             try:
                 out = compiled(batch)
                 state["fn"] = compiled
@@ -170,11 +177,9 @@ class Trainer:
                 self.progress.message(f"torch.compile failed ({type(err).__name__}: {err}); continuing in eager mode")
                 out = local_terms(batch)
                 state["fn"] = local_terms
-            self.compile_seconds = time.perf_counter() - t0
-            self.progress.pause(self.compile_seconds)
-            self.progress.message(f"compiled the training step in {self.compile_seconds:.1f} s")
             return out
 
+        self._compile_pending = True
         return first_call_compiles
 
     # ------------------------------------------------------------------ evaluation and logging

@@ -188,7 +188,14 @@ def build_experiment(cfg: Config, base_dir: Path | None = None) -> Experiment:
         decomposition = Decomposition(domain, tuple(levels))
         level_hidden = [lc.hidden or cfg.network.hidden for lc in d.levels]
     try:
-        decomposition.validate(problem.inputs)
+        if isinstance(d.levels, int):
+            for i, level in enumerate(decomposition.levels):
+                level.check_covers(
+                    domain, f"decomposition.overlap: level {i + 1} of the multilevel layout", problem.inputs,
+                    hint=f"the overlap ({d.overlap:g}) must be greater than 1",
+                )
+        else:
+            decomposition.validate(problem.inputs)
     except GeometryError as err:
         raise ConfigError(str(err)) from None
 

@@ -109,8 +109,11 @@ def _check(args) -> int:
     from ddpinn.model.batch import build_batch
     from ddpinn.session import make_layout
 
+    from ddpinn.build import resolve_device
+
     cfg, base = _load(args.config, args.overrides)
     exp = build_experiment(cfg, base)
+    device = resolve_device(cfg.run.device)
     groups = exp.training_points(0)
     batch = build_batch(exp.problem, exp.decomposition, exp.window, exp.spec, groups, dtype=exp.dtype)
     layout = make_layout(exp, args.ranks)
@@ -125,6 +128,7 @@ def _check(args) -> int:
                    for level, s in zip(exp.decomposition.levels, exp.level_sizes))
     print(f"parameters    {n_params}")
     print(f"layout        {layout.describe()}")
+    print(f"device        {device}, {cfg.run.dtype}")
     return 0
 
 
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ddpinn.config import ConfigError
     from ddpinn.parallel.comm import CommError
+    from ddpinn.parallel.env import LaunchError
+    from ddpinn.parallel.layout import LayoutError
     from ddpinn.train.checkpoint import CheckpointError
     from ddpinn.train.trainer import NonFiniteLossError
 
@@ -162,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         return _problems(args)
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, LayoutError, LaunchError) as err:
         print(f"ddpinn: error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:

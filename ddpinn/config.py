@@ -72,7 +72,7 @@ class LevelConfig:
     """Subdomains per axis (an int applies to every axis); centres are linspace over the domain."""
     centres: list[list[float]] | None = None
     """Explicit centres per axis (a list per axis); overrides ``subdomains``."""
-    widths: list[float] | float | list[list[float]] | None = None
+    widths: list[float | list[float]] | float | None = None
     """Widths per axis (a number per axis, or a list per subdomain); default overlap × spacing."""
     overlap: float | None = None
     """Width / centre spacing for this level; defaults to ``decomposition.overlap``."""
@@ -111,6 +111,10 @@ class DecompositionConfig:
             raise ConfigError("decomposition.levels: the list of levels is empty")
         _positive("decomposition.overlap", self.overlap)
         _choice("decomposition.window", self.window, ("cosine", "sigmoid"))
+        if not 0 < self.sigmoid_core < 1:
+            raise ConfigError(f"decomposition.sigmoid_core: must be in (0, 1), got {self.sigmoid_core}")
+        if not 0 < self.sigmoid_edge_value < 0.5:
+            raise ConfigError(f"decomposition.sigmoid_edge_value: must be in (0, 0.5), got {self.sigmoid_edge_value}")
 
 
 @dataclass(kw_only=True, slots=True)

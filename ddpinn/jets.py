@@ -238,6 +238,11 @@ def pointwise_jets(fn, x: Tensor, spec: JetSpec) -> Tensor:
     value = fn(x)
     if value.dim() == 1:
         value = value[:, None]
+    if len(spec) > 1 and not value.requires_grad:
+        raise ValueError(
+            "pointwise_jets: the function's output does not depend on x through torch operations "
+            "(NumPy inside?), so autograd cannot differentiate it"
+        )
     rows: dict[MultiIndex, Tensor] = {(): value}
     for index in spec.indices[1:]:
         parent = rows[index[:-1]]

@@ -97,18 +97,22 @@ def _grid(box: Box, shape: tuple[int, ...], block: Block) -> np.ndarray:
 
 
 def _uniform_cells(box: Box, n: int, cells: tuple[int, ...], key: int, block: Block) -> np.ndarray:
-    """``n`` uniform points spread over the cells (earlier cells take the remainder), per-cell keys."""
+    """``n`` uniform points, stratified over the cells: every cell gets ⌊n / cells⌋ points and the
+    remainder goes to cells ranked by a counter-based draw (so it is spread over the whole box,
+    and the same whichever ranks ask). Each cell's points come from its own key."""
     n_cells = int(np.prod(cells))
     edges = [np.linspace(box.lo[a], box.hi[a], c + 1) for a, c in enumerate(cells)]
     # A cell belongs to the block that owns its lower corner (blocks are aligned with cells).
     mine = [np.nonzero(block.contains(e[:-1], axis=a))[0] for a, e in enumerate(edges)]
     ids = np.ravel_multi_index(np.meshgrid(*mine, indexing="ij"), cells).reshape(-1)
     base, extra = divmod(n, n_cells)
-    counts = base + (ids < extra).astype(np.int64)
+    lucky = np.zeros(n_cells, dtype=bool)
+    if extra:
+        lucky[np.argsort(rng.uniform(key ^ 0x5EED, np.arange(n_cells), 1)[:, 0], kind="stable")[:extra]] = True
+    counts = base + lucky[ids].astype(np.int64)
     if counts.sum() == 0:
         return np.zeros((0, len(cells)))
-    draws = rng.uniform(key, ids, len(cells) * (base + (extra > 0)))
-    draws = draws.reshape(ids.size, -1, len(cells))
+    draws = rng.uniform(key, ids, len(cells) * int(counts.max())).reshape(ids.size, -1, len(cells))
     multi = np.unravel_index(ids, cells)
     lo = np.stack([edges[a][multi[a]] for a in range(len(cells))], axis=-1)
     width = np.stack([edges[a][multi[a] + 1] - edges[a][multi[a]] for a in range(len(cells))], axis=-1)

@@ -147,35 +147,36 @@ class Level:
         multi = np.unravel_index(ids, self.shape)
         return np.stack([self.widths[a][multi[a]] for a in range(self.dim)], axis=-1)
 
-    def check_covers(self, domain: Box, where: str, axis_names: Sequence[str]) -> None:
+    def check_covers(self, domain: Box, where: str, axis_names: Sequence[str], hint: str | None = None) -> None:
         """Raise :class:`GeometryError` unless the open subdomain boxes cover the closed ``domain``.
 
         A window vanishes on its box's edge, so boxes that merely touch leave a point where the
-        windows sum to zero; the overlap must be strict.
+        windows sum to zero; the overlap must be strict. ``hint`` replaces the default advice.
         """
         for a in range(self.dim):
             lo, hi = self.axis_bounds(a)
-            order = np.argsort(lo, kind="stable")
-            lo, hi = lo[order], hi[order]
             name = axis_names[a]
-            if not lo[0] < domain.lo[a]:
-                raise GeometryError(
-                    f"{where}: no subdomain covers {name} = {domain.lo[a]:g} (the lowest subdomain starts "
-                    f"at {lo[0]:g}); move a centre onto the boundary or widen the subdomains"
-                )
-            reach = np.maximum.accumulate(hi)
-            gaps = np.nonzero((lo[1:] >= reach[:-1]) & (reach[:-1] < domain.hi[a]))[0]
-            if gaps.size:
-                g = gaps[0]
-                raise GeometryError(
-                    f"{where}: subdomains leave a gap in {name} between {reach[g]:g} and {lo[g + 1]:g}; "
-                    f"increase the overlap (width/spacing must be > 1) or the widths"
-                )
-            if not reach[-1] > domain.hi[a]:
-                raise GeometryError(
-                    f"{where}: no subdomain covers {name} = {domain.hi[a]:g} (coverage ends at "
-                    f"{reach[-1]:g}); move a centre onto the boundary or widen the subdomains"
-                )
+            # Sweep from the domain's lower end: `at` is the first point not yet known to be covered.
+            at, end = domain.lo[a], domain.hi[a]
+            while True:
+                reach = hi[lo < at].max(initial=-np.inf)
+                if not reach > at:
+                    above = lo[lo >= at]
+                    if at == domain.lo[a]:
+                        problem = f"no subdomain covers {name} = {at:g}"
+                        if lo.size and lo.min() >= at:
+                            problem += f" (the lowest subdomain starts at {lo.min():g})"
+                        advice = "widen the subdomains or move a centre onto the boundary"
+                    elif above.size and above.min() <= end:
+                        problem = f"subdomains leave a gap in {name} between {at:g} and {above.min():g}"
+                        advice = "increase the overlap (width/spacing must be > 1) or the widths"
+                    else:
+                        problem = f"no subdomain covers {name} = {end:g} (coverage ends at {at:g})"
+                        advice = "widen the subdomains or move a centre onto the boundary"
+                    raise GeometryError(f"{where}: {problem}; {hint or advice}")
+                if reach > end:
+                    break
+                at = reach
 
 
 @dataclass(frozen=True, eq=False)

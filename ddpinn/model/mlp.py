@@ -72,16 +72,19 @@ class StackedMLP(nn.Module):
         Returns [S, J, n_out, P], J = len(spec): row r is the derivative ``spec.indices[r]``
         with respect to the *physical* inputs.
         """
-        w0, b0 = self.weights[0], self.biases[0]
+        # Index the parameter lists rather than slicing them: a slice builds a new ParameterList,
+        # which would bypass parameters swapped in by torch.func.functional_call.
+        weights, biases = list(self.weights), list(self.biases)
+        w0, b0 = weights[0], biases[0]
         z = torch.baddbmm(b0, w0, x_norm)  # [S, H1, P]
         if len(spec) == 1:
-            for w, b in zip(self.weights[1:], self.biases[1:]):
+            for w, b in zip(weights[1:], biases[1:]):
                 z = torch.baddbmm(b, w, self.activation.derivatives(z, 0)[0])
             return z.unsqueeze(1)
 
         sigma = self.activation.derivatives(z, spec.max_order)  # [S, H1, P] each
         grad0 = (w0 * inv_half_width[:, None, :]).transpose(1, 2)  # [S, dim, H1]: dz/dx_a per unit
-        w1, b1 = self.weights[1], self.biases[1]
+        w1, b1 = weights[1], biases[1]
         n_sub, n_next = w1.shape[0], w1.shape[1]
         blocks = [torch.baddbmm(b1, w1, sigma[0]).unsqueeze(1)]
         for order in range(1, spec.max_order + 1):
@@ -94,7 +97,7 @@ class StackedMLP(nn.Module):
             blocks.append(torch.bmm(folded, sigma[order]).view(n_sub, len(indices), n_next, -1))
         z = torch.cat(blocks, dim=1)  # [S, J, H2, P]
 
-        for w, b in zip(self.weights[2:], self.biases[2:]):
+        for w, b in zip(weights[2:], biases[2:]):
             h = spec.compose(self.activation.derivatives(z[:, 0], spec.max_order), z, axis=1)
             z = torch.matmul(w.unsqueeze(1), h)  # [S, J, H', P]
             z = torch.cat([z[:, :1] + b.unsqueeze(1), z[:, 1:]], dim=1)

@@ -93,9 +93,14 @@ def make_problem(name: str, params: dict[str, Any] | None = None, base_dir: Path
         params[key] = _coerce(f"problem.params.{key}", value, hints.get(key))
     try:
         problem = cls(**params)
-    except (TypeError, ValueError) as err:
-        raise ProblemError(f"problem.params: {err}") from None
-    problem.check()
+        problem.check()
+    except ProblemError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a user's problem may fail in any way; report it as config
+        raise ProblemError(
+            f"problem.params: {cls.__name__}({', '.join(f'{k}={v!r}' for k, v in params.items())}) "
+            f"cannot be used: {type(err).__name__}: {err}"
+        ) from None
     return problem
 
 

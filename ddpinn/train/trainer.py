@@ -81,6 +81,11 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self, resume: bool = False) -> TrainingResult:
         step, epoch = self._start(resume)
+        if step >= self.exp.total_steps and (self.run_dir / "summary.json").exists():
+            self.progress.message(f"the run is already at step {step}; raise train.steps to continue it")
+            summary = json.loads((self.run_dir / "summary.json").read_text())
+            errors = TestErrors(**summary["errors"]) if summary.get("errors") else None
+            return TrainingResult(step, summary["loss"], errors, 0.0, 0.0)
         batch = self.batches.training_batch(epoch)
         test = self.batches.test_set()
         adam_steps, total = self.cfg.train.steps, self.exp.total_steps
@@ -101,7 +106,7 @@ class Trainer:
             if step == total or (self.cfg.train.checkpoint_every and step % self.cfg.train.checkpoint_every == 0):
                 self.save(step, epoch)
         train_seconds = time.perf_counter() - t_start
-        if terms is None:  # resumed at the end: report the checkpoint's state
+        if terms is None:  # a complete checkpoint without a summary (stopped while finishing)
             terms = self.sync.reduce(self.local_terms(batch).detach())[0]
             errors = self.evaluate(test)
         self._finish(test, errors, step, float(terms.sum()), train_seconds)
@@ -110,7 +115,8 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def train_step(self, step: int, batch: EvaluationBatch) -> torch.Tensor:
         """One optimiser step (Adam, or L-BFGS after ``train.steps``); returns the global loss
-        terms and raises :class:`NonFiniteLossError` on every rank if they are not finite."""
+        terms and raises :class:`NonFiniteLossError` on every rank, before updating any
+        parameter, if they are not finite."""
         t0 = time.perf_counter()
         terms = self._adam_step(step, batch) if step < self.cfg.train.steps else self._lbfgs_step(batch)
         if self._compile_pending:
@@ -119,7 +125,6 @@ class Trainer:
             self.compile_seconds = time.perf_counter() - t0
             self.progress.pause(self.compile_seconds)
             self.progress.message(f"compiled the training step (forward and backward) in {self.compile_seconds:.1f} s")
-        self._check_finite(terms, step + 1)
         return terms
 
     def _adam_step(self, step: int, batch: EvaluationBatch) -> torch.Tensor:
@@ -131,6 +136,8 @@ class Trainer:
         local.sum().backward()
         clip = self.cfg.optimizer.clip_norm
         terms, norm = self.sync.reduce(local.detach(), with_norm=clip is not None)
+        # Before the update, so that a non-finite loss never reaches the parameters.
+        self._check_finite(terms, step + 1)
         if clip is not None:
             factor = torch.clamp(clip / (norm + 1e-12), max=1.0)
             for p in self.model.parameters():
@@ -151,6 +158,7 @@ class Trainer:
             return float(terms.sum())
 
         self.lbfgs.step(closure)
+        self._check_finite(last[0], self.cfg.train.steps + 1)
         return last[0]
 
     def _epoch(self, step: int) -> int:
@@ -214,10 +222,15 @@ class Trainer:
             return
         bad_terms = [n for n, v in zip(self.objective.names, terms.tolist()) if not np.isfinite(v)]
         where = self._non_finite_subdomains()
+        path = self.run_dir / "checkpoint.h5"
+        saved = (
+            f"the last checkpoint ({path}) is from before this step and intact"
+            if path.exists()
+            else "no checkpoint was written"
+        )
         raise NonFiniteLossError(
-            f"non-finite loss at step {step} in term(s) {bad_terms}; {where}. The last checkpoint "
-            f"({self.run_dir / 'checkpoint.h5'}) is from before this step and intact; lower optimizer.lr or "
-            f"set optimizer.clip_norm"
+            f"non-finite loss at step {step} in term(s) {bad_terms}; {where}. Parameters were not updated and "
+            f"{saved}; lower optimizer.lr or set optimizer.clip_norm"
         )
 
     def _non_finite_subdomains(self) -> str:
@@ -285,7 +298,7 @@ class Trainer:
             "decomposition": self.exp.decomposition.describe(),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (self.run_dir / "summary.json").write_text(json.dumps(_finite_or_null(summary), indent=2) + "\n")
         x, prediction, exact = _assemble_grid(gathered, self.exp.decomposition.domain, self.exp.test_shape())
         write_results(
             self.run_dir / "results.h5",
@@ -309,6 +322,15 @@ class Trainer:
 
             for path in plot_run(self.run_dir):
                 self.progress.message(f"  wrote {path}")
+
+
+def _finite_or_null(value):
+    """JSON has no NaN or infinity: write null for them."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    return value
 
 
 def _assemble_grid(parts, domain, shape: tuple[int, ...]):

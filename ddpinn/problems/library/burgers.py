@@ -30,6 +30,9 @@ class Burgers1D(Problem):
     def __post_init__(self) -> None:
         if not self.nu > 0:
             raise ProblemError(f"problem.params.nu: must be > 0, got {self.nu}")
+        # numpy's Gauss-Hermite weights underflow to NaN beyond about 370 nodes.
+        if not 16 <= self.quadrature_nodes <= 300:
+            raise ProblemError(f"problem.params.quadrature_nodes: must be in [16, 300], got {self.quadrature_nodes}")
 
     def domain(self) -> Box:
         return Box((-1.0, 0.0), (1.0, 1.0))

@@ -9,7 +9,7 @@ import torch
 
 from ddpinn.geometry import Box
 from ddpinn.jets import D
-from ddpinn.problems.base import HardConstraint, Problem
+from ddpinn.problems.base import HardConstraint, Problem, ProblemError
 from ddpinn.problems.registry import register
 
 
@@ -21,6 +21,10 @@ class Cos1D(Problem):
     omega: float = 15.0
     inputs = ("x",)
     derivatives = (D("u", "x"),)
+
+    def __post_init__(self) -> None:
+        if not self.omega > 0:
+            raise ProblemError(f"problem.params.omega: must be > 0, got {self.omega}")
 
     @property
     def output_scale(self) -> float:
@@ -49,6 +53,11 @@ class MultiscaleCos1D(Problem):
     inputs = ("x",)
     derivatives = (D("u", "x"),)
     output_scale = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("omega1", "omega2"):
+            if not getattr(self, name) > 0:
+                raise ProblemError(f"problem.params.{name}: must be > 0, got {getattr(self, name)}")
 
     def domain(self) -> Box:
         return Box((-2 * math.pi,), (2 * math.pi,))

@@ -9,7 +9,7 @@ import torch
 
 from ddpinn.geometry import Box
 from ddpinn.jets import D
-from ddpinn.problems.base import HardConstraint, Problem
+from ddpinn.problems.base import HardConstraint, Problem, ProblemError
 from ddpinn.problems.registry import register
 
 
@@ -24,6 +24,10 @@ class Heat2DMultiscale(Problem):
     t_end: float = 5.0
     inputs = ("x", "y", "t")
     derivatives = (D("u", "t"), D("u", "x", "x"), D("u", "y", "y"))
+
+    def __post_init__(self) -> None:
+        if not self.t_end > 0:
+            raise ProblemError(f"problem.params.t_end: must be > 0, got {self.t_end}")
 
     def domain(self) -> Box:
         return Box((0.0, 0.0, 0.0), (1.0, 1.0, self.t_end))

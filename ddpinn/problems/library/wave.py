@@ -9,7 +9,7 @@ import torch
 
 from ddpinn.geometry import Box
 from ddpinn.jets import D
-from ddpinn.problems.base import HardConstraint, Problem
+from ddpinn.problems.base import HardConstraint, Problem, ProblemError
 from ddpinn.problems.registry import register
 
 
@@ -24,6 +24,10 @@ class Wave1D(Problem):
     c: float = 2.0
     inputs = ("x", "t")
     derivatives = (D("u", "t", "t"), D("u", "x", "x"))
+
+    def __post_init__(self) -> None:
+        if not self.c > 0:
+            raise ProblemError(f"problem.params.c: must be > 0, got {self.c}")
 
     def domain(self) -> Box:
         return Box((0.0, 0.0), (1.0, 1.0))

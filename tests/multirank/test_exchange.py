@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tests.distributed.harness import launch
-from tests.distributed.test_equivalence import config
+from .harness import launch
+from .test_equivalence import config
 
 pytestmark = pytest.mark.distributed
 

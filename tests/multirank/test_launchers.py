@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.distributed.harness import mpiexec, rel_diff
-from tests.distributed.test_equivalence import config
-from tests.distributed.test_faults import free_port
+from .harness import mpiexec, rel_diff
+from .test_equivalence import config
+from .test_faults import free_port
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.distributed.harness import launch, rel_diff
-from tests.distributed.test_equivalence import config
+from .harness import launch, rel_diff
+from .test_equivalence import config
 
 pytestmark = pytest.mark.distributed
 

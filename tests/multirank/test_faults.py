@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed.test_equivalence import config
+from .test_equivalence import config
 from ddpinn.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.distributed

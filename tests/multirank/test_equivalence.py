@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.distributed.harness import launch, rel_diff, mpiexec
+from .harness import launch, rel_diff, mpiexec
 
 pytestmark = pytest.mark.distributed
 

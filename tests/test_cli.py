@@ -1,0 +1,135 @@
+"""The ``ddpinn`` command line: train writes a complete run directory, eval reproduces its final
+errors from the checkpoint, plot redraws the figures (1-D, 2-D and 3-D problems)."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from ddpinn.cli import main
+from ddpinn.config import load_config, to_dict
+from ddpinn.io.outputs import read_metrics
+from ddpinn.problems import problem_class, registered
+from helpers import write_yaml
+
+RUNS = {
+    "cos1d": ({"name": "cos1d"}, {"levels": [{"subdomains": 6}]}, {"n": 100, "test_n": 120}, (120,)),
+    "poisson2d": ({"name": "poisson2d", "params": {"frequencies": [1, 2]}}, {"levels": 2}, {"n": [10, 10], "test_n": [12, 9]}, (12, 9)),
+    "heat2d_ms": ({"name": "heat2d_ms"}, {"levels": 2}, {"n": 120, "test_n": [6, 5, 4]}, (6, 5, 4)),
+}
+PLOTS = ["curves.png", "decomposition.png", "solution.png"]
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_train_eval_plot(name, tmp_path, capsys):
+    problem, decomposition, sampling, test_shape = RUNS[name]
+    data = {
+        "problem": problem,
+        "decomposition": decomposition,
+        "network": {"hidden": [8]},
+        "sampling": sampling,
+        "train": {"steps": 12, "log_every": 4, "eval_every": 6, "compile": "off"},
+        "run": {"name": name, "threads": 1},
+    }
+    config = write_yaml(tmp_path / "cfg.yaml", data)
+    assert main(["train", str(config), "--quiet", "--set", f"run.output_dir={tmp_path / 'runs'}"]) == 0
+    run_dir = tmp_path / "runs" / name
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint.h5", "config.yaml", "metrics.jsonl", "plots", "results.h5", "summary.json",
+    ]
+
+    # config.yaml is the resolved config: it loads back to the same tree, defaults filled in
+    written = load_config(run_dir / "config.yaml")
+    assert to_dict(written) == to_dict(load_config(config, [f"run.output_dir={tmp_path / 'runs'}"]))
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["optimizer"]["lr"] == 1e-3
+
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [4, 6, 8, 12]
+    assert all("rel_l2" in m for m in metrics if m["step"] in (6, 12))
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["step"] == 12 and summary["loss"] == metrics[-1]["loss"]
+    errors = summary["errors"]
+    assert errors == {k: metrics[-1][k] for k in ("rel_l2", "l1", "normalised_l1")}
+
+    # results.h5 holds the test grid, and its arrays give the reported errors
+    with h5py.File(run_dir / "results.h5") as f:
+        x, pred, exact, err = (f[k][()] for k in ("x", "prediction", "exact", "error"))
+        assert list(f.attrs["inputs"]) == list(problem_class(problem["name"]).inputs)
+        assert f.attrs["rel_l2"] == errors["rel_l2"]
+    assert x.shape == (*test_shape, len(test_shape)) and pred.shape == exact.shape == (*test_shape, 1)
+    np.testing.assert_array_equal(err, pred - exact)
+    for a, n in enumerate(test_shape):  # C-order grid: axis a varies along array axis a
+        line = x[(0,) * a + (slice(None),) + (0,) * (len(test_shape) - a - 1)][:, a]
+        np.testing.assert_allclose(np.diff(line), np.diff(line)[0])
+        assert line[0] < line[-1]
+    rel_l2 = np.linalg.norm(pred - exact) / np.linalg.norm(exact)
+    assert rel_l2 == pytest.approx(errors["rel_l2"], rel=1e-12)
+    assert np.abs(pred - exact).mean() == pytest.approx(errors["l1"], rel=1e-12)
+    assert np.abs(pred - exact).mean() / exact.std() == pytest.approx(errors["normalised_l1"], rel=1e-9)
+
+    # eval recomputes the same errors from the checkpoint
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["step"] == 12
+    assert evaluated["errors"] == errors
+
+    # plot redraws the figures
+    plots = run_dir / "plots"
+    assert sorted(p.name for p in plots.iterdir()) == PLOTS
+    for p in plots.iterdir():
+        p.unlink()
+    assert main(["plot", str(run_dir)]) == 0
+    assert capsys.readouterr().out.count("wrote ") == 3
+    for p in PLOTS:
+        assert (plots / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_problems_lists_the_registry(capsys):
+    assert main(["problems"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == registered()
+    assert any(line.startswith("heat2d_ms") and "x,y,t" in line for line in out)
+
+
+NAN_PROBLEM = """
+from dataclasses import dataclass
+from ddpinn.geometry import Box
+from ddpinn.jets import D
+from ddpinn.problems import Problem
+
+@dataclass
+class Broken(Problem):
+    inputs = ("x",)
+    derivatives = (D("u", "x"),)
+    def domain(self):
+        return Box((0.0,), (1.0,))
+    def residual(self, x, d):
+        return d["u_x"] * float("nan")
+"""
+
+
+@pytest.fixture
+def nan_run(tmp_path, small_run):
+    (tmp_path / "broken.py").write_text(NAN_PROBLEM)
+    data = small_run(problem={"name": f"{tmp_path / 'broken.py'}:Broken"})
+    return write_yaml(tmp_path / "nan.yaml", data), tmp_path / "runs" / "run"
+
+
+def test_non_finite_loss_stops_with_exit_status_3(nan_run, capsys):
+    config, run_dir = nan_run
+    assert main(["train", str(config), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 1 in term(s) ['pde']" in err
+    assert not (run_dir / "checkpoint.h5").exists()
+
+
+def test_non_finite_loss_message_names_only_an_existing_checkpoint(nan_run, capsys):
+    config, run_dir = nan_run
+    assert main(["train", str(config), "--quiet"]) == 3
+    assert "checkpoint.h5" not in capsys.readouterr().err

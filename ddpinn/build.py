@@ -145,6 +145,17 @@ class Experiment:
             )
         return groups
 
+    def observations(self, block: Block | None = None) -> dict[str, np.ndarray]:
+        """Observed values of the soft constraints on :class:`Points` with values, restricted to
+        ``block`` with the same mask as their points: name -> [n_own, k]."""
+        out = {}
+        for c in self.problem.constraints():
+            if isinstance(c.where, Points) and c.where.values is not None:
+                x = c.where.x.detach().cpu().double().numpy().reshape(-1, self.problem.dim)
+                values = c.where.values.detach().cpu().double().numpy().reshape(x.shape[0], -1)
+                out[c.name] = values if block is None else values[block.contains(x)]
+        return out
+
     def test_points(self, block: Block | None = None) -> np.ndarray:
         """The regular test grid (``sampling.test_n``), restricted to ``block``: [n, dim]."""
         domain = self.decomposition.domain

@@ -35,6 +35,7 @@ __all__ = [
     "ScheduleConfig",
     "TrainConfig",
     "apply_overrides",
+    "convert_value",
     "from_dict",
     "load_config",
     "to_dict",
@@ -340,13 +341,14 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _convert(where: str, value: Any, hint: Any) -> Any:
+def convert_value(where: str, value: Any, hint: Any) -> Any:
+    """``value`` (as YAML gives it) converted to the type ``hint``; :class:`ConfigError` naming ``where``."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         deeper = None
         for option in typing.get_args(hint):
             try:
-                return _convert(where, value, option)
+                return convert_value(where, value, option)
             except ConfigError as err:
                 # An error inside a nested value (a level's field, say) says more than "wrong type".
                 if str(err).startswith((f"{where}.", f"{where}[")) and deeper is None:
@@ -368,7 +370,7 @@ def _convert(where: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
         (inner,) = typing.get_args(hint)
-        return [_convert(f"{where}[{i}]", v, inner) for i, v in enumerate(value)]
+        return [convert_value(f"{where}[{i}]", v, inner) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -408,7 +410,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _convert(f"{prefix}{name}", data[name], hints[name])
+            kwargs[name] = convert_value(f"{prefix}{name}", data[name], hints[name])
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{prefix}{name}: required key is missing")
     try:

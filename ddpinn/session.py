@@ -77,7 +77,7 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
         from ddpinn.train import checkpoint as ckpt_io
 
         checkpoint = ckpt_io.load_checkpoint(run_dir / "checkpoint.h5")
-        ckpt_io.restore(checkpoint, trainer.model, None)
+        ckpt_io.restore(checkpoint, trainer.param_groups, None)
         test = trainer.batches.test_set()
         errors = trainer.evaluate(test)
         return {"step": checkpoint.step, "errors": errors.as_dict() if errors else None}

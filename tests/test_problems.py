@@ -27,8 +27,22 @@ NAMES = registered()
 
 def test_the_library_registers_p1_to_p8():
     assert NAMES == [
-        "burgers", "cos1d", "harmonic", "heat2d_ms", "helmholtz2d", "multiscale_cos1d", "poisson2d", "wave1d",
+        "burgers", "cos1d", "harmonic", "harmonic_inverse", "heat2d_ms", "helmholtz2d", "multiscale_cos1d",
+        "poisson2d", "wave1d",
     ]
+
+
+def with_true_parameters(problem):
+    """An inverse problem's exact solution belongs to its true parameters, not the initial guess."""
+    for name, value in problem.true_parameters().items():
+        setattr(problem, name, value)
+    return problem
+
+
+def test_inverse_problems_declare_the_truth_of_every_trainable():
+    for name in NAMES:
+        problem = make_problem(name)
+        assert set(problem.true_parameters()) == set(problem.trainable)
 
 
 def box_points(problem, n: int, seed: int = 0, fixed: dict[str, float] | None = None) -> torch.Tensor:
@@ -106,7 +120,7 @@ def test_only_the_numerical_references_are_not_differentiable(name):
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in NUMERICAL_REFERENCE])
 def test_exact_solution_satisfies_the_residual(name):
-    problem = make_problem(name)
+    problem = with_true_parameters(make_problem(name))
     spec = problem.jet_spec()
     x = box_points(problem, 200, seed=1)
     jets = pointwise_jets(problem.exact, x, spec)
@@ -199,6 +213,7 @@ HARD = {
     "cos1d": [({"x": 0.0}, ["u"])],
     "multiscale_cos1d": [({"x": 0.0}, ["u"])],
     "harmonic": [({"t": 0.0}, ["u", "u_t"])],
+    "harmonic_inverse": [({"t": 0.0}, ["u", "u_t"])],
     "poisson2d": [({"x": 0.0}, ["u"]), ({"x": 1.0}, ["u"]), ({"y": 0.0}, ["u"]), ({"y": 1.0}, ["u"])],
     "helmholtz2d": [({"x": 0.0}, ["u"]), ({"x": 1.0}, ["u"]), ({"y": 0.0}, ["u"]), ({"y": 1.0}, ["u"])],
     "burgers": [({"x": -1.0}, ["u"]), ({"x": 1.0}, ["u"]), ({"t": 0.0}, ["u"])],
@@ -248,7 +263,7 @@ def test_hard_constraint_reproduces_the_exact_solution_where_it_pins_it(name):
 
 # ----------------------------------------------------------------------------- soft constraints
 VARIANTS = [(name, {}) for name in NAMES] + [("harmonic", {"constraint": "soft"})]
-WITH_SOFT = [v for v in VARIANTS if make_problem(*v).constraints()]
+WITH_SOFT = [v for v in VARIANTS if make_problem(*v).constraints() and not make_problem(*v).trainable]
 
 
 def test_some_problem_has_soft_constraints():
@@ -274,6 +289,20 @@ def test_exact_solution_satisfies_the_soft_constraints(name, params):
         jets = pointwise_jets(problem.exact, x, spec)
         # e.g. u'(0) = 0: its one term is ~1e-16 itself; measure it against the solution's jets
         assert_small(term_scale(problem, x, jets, c.residual), rtol=1e-12, floor=jets.abs().max().item())
+
+
+def test_inverse_observations_are_the_exact_solution_plus_the_stated_noise():
+    problem = make_problem("harmonic_inverse", {"n_observations": 400, "noise": 0.05})
+    (data,) = problem.constraints()
+    t, observed = data.where.x, data.where.values
+    assert t.shape == (400, 1) and bool(((t > 0) & (t <= 1)).all())
+    noise = observed - problem.exact(t)
+    assert abs(noise.std().item() - 0.05) < 0.05 * 0.15  # 400 samples: ~3.5% standard error
+    assert abs(noise.mean().item()) < 4 * 0.05 / 20
+    noiseless = make_problem("harmonic_inverse", {"noise": 0.0}).constraints()[0]
+    residual = noiseless.residual(noiseless.where.x, Derivatives(problem.exact(noiseless.where.x)[:, None, :].expand(
+        -1, len(problem.jet_spec()), -1), problem.derivative_names(problem.jet_spec()), noiseless.where.values))
+    assert residual.abs().max().item() < 1e-15
 
 
 # ----------------------------------------------------------------------------- declarations

@@ -78,6 +78,11 @@ RESUME_CASES = {
         15,
     ),
     "adam-then-lbfgs": ({"train": {"steps": 20, "checkpoint_every": 25}, "lbfgs": {"steps": 10}}, 25),
+    "inverse-trainable-parameter": (
+        {"problem": {"name": "harmonic_inverse", "params": {"w0": 20.0}}, "train": {"steps": 30, "checkpoint_every": 15},
+         "lbfgs": {"steps": 6}},
+        15,
+    ),
 }
 
 
@@ -147,6 +152,9 @@ def test_resumed_run_equals_the_uninterrupted_run(case, small_run, tmp_path, mon
     assert sorted(arrays_res) == sorted(arrays_full)
     if case == "adam-then-lbfgs":
         assert attrs_full["phase"] == "lbfgs" and attrs_full["lbfgs_pairs"] > 0
+    if case == "inverse-trainable-parameter":
+        assert "problem/mu" in arrays_full and "problem/adam_m/mu" in arrays_full
+        assert summary_full_mu(full) == summary_full_mu(crashed) != 0.0
     for key, value in arrays_full.items():
         np.testing.assert_array_equal(arrays_res[key], value, err_msg=key)
 
@@ -164,6 +172,10 @@ def test_resumed_run_equals_the_uninterrupted_run(case, small_run, tmp_path, mon
 
     with h5py.File(full / "results.h5") as f, h5py.File(crashed / "results.h5") as g:
         np.testing.assert_array_equal(g["prediction"][()], f["prediction"][()])
+
+
+def summary_full_mu(run_dir) -> float:
+    return json.loads((run_dir / "summary.json").read_text())["problem"]["mu"]
 
 
 def test_resume_without_checkpoint_is_a_clean_error(tmp_path, capsys):

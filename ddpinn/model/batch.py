@@ -49,7 +49,7 @@ class EvaluationBatch:
     n_eval: int
     global_counts: dict[str, int]
     exchange: object | None = None
-    info: dict[str, float] = field(default_factory=dict)
+    data: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def n_own(self) -> int:
@@ -91,11 +91,13 @@ def build_batch(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     exchange: object | None = None,
+    data: Mapping[str, np.ndarray] | None = None,
 ) -> EvaluationBatch:
     """Cover the points of ``groups`` (name -> [n_g, dim] own points) for every level.
 
     ``held[l]``: global subdomain ids this process evaluates on level l (default all);
-    ``halo``: [n_halo, dim] extra points evaluated by the levels flagged in ``halo_levels``.
+    ``halo``: [n_halo, dim] extra points evaluated by the levels flagged in ``halo_levels``;
+    ``data``: observed values per group (see :attr:`EvaluationBatch.data`).
     """
     names = list(groups)
     sizes = [len(groups[g]) for g in names]
@@ -128,6 +130,7 @@ def build_batch(
         n_eval=x_eval.shape[0],
         global_counts=dict(global_counts) if global_counts is not None else dict(zip(names, sizes)),
         exchange=exchange,
+        data={k: torch.as_tensor(np.asarray(v), dtype=dtype, device=device) for k, v in (data or {}).items()},
     )
 
 

@@ -88,8 +88,10 @@ class TorchComm(Communicator):
             raise CommError(f"rank {self.rank}: {what} failed (a peer died, raised or timed out): {err}") from err
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
-        self._guard("all_reduce", lambda: self.dist.all_reduce(tensor))
-        return tensor
+        # Setup-time tensors live on the CPU; NCCL only reduces device tensors.
+        work = tensor if tensor.device == self.device else tensor.to(self.device)
+        self._guard("all_reduce", lambda: self.dist.all_reduce(work))
+        return work if work is tensor else work.to(tensor.device)
 
     def exchange(
         self, sends: Mapping[int, Tensor], recv_shapes: Mapping[int, tuple[int, ...]], dtype: torch.dtype
@@ -98,7 +100,7 @@ class TorchComm(Communicator):
 
         def run() -> None:
             works = [self.dist.irecv(buf, q) for q, buf in received.items() if buf.numel()]
-            works += [self.dist.isend(t.contiguous(), q) for q, t in sends.items() if t.numel()]
+            works += [self.dist.isend(t.to(self.device).contiguous(), q) for q, t in sends.items() if t.numel()]
             for work in works:
                 work.wait()
 

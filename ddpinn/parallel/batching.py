@@ -29,24 +29,24 @@ class BatchFactory:
         self.held = layout.held(comm.rank)
         self.value_spec = JetSpec.closure(exp.problem.dim, [])
 
-    def _batch(self, groups: dict[str, np.ndarray], spec: JetSpec) -> EvaluationBatch:
+    def _batch(self, groups: dict[str, np.ndarray], spec: JetSpec, data: dict[str, np.ndarray]) -> EvaluationBatch:
         exp = self.exp
-        counts = {name: len(x) for name, x in groups.items()}
         if self.comm.world_size == 1:
             return build_batch(
-                exp.problem, exp.decomposition, exp.window, spec, groups, dtype=exp.dtype, device=self.device
+                exp.problem, exp.decomposition, exp.window, spec, groups, dtype=exp.dtype, device=self.device, data=data
             )
         from ddpinn.parallel.exchange.plan import build_distributed_batch
 
-        return build_distributed_batch(exp, self.layout, self.comm, groups, counts, spec, self.held, self.device)
+        return build_distributed_batch(exp, self.layout, self.comm, groups, spec, self.held, self.device, data)
 
     def training_batch(self, epoch: int) -> EvaluationBatch:
-        return self._batch(self.exp.training_points(epoch, self.block), self.exp.spec)
+        block = self.block
+        return self._batch(self.exp.training_points(epoch, block), self.exp.spec, self.exp.observations(block))
 
     def test_set(self) -> TestSet:
         """Value-only batch on the own test points, with the exact solution there."""
         x = self.exp.test_points(self.block)
-        batch = self._batch({"test": x}, self.value_spec)
+        batch = self._batch({"test": x}, self.value_spec, {})
         exact = self.exp.problem.exact(torch.from_numpy(x))
         if exact is not None:
             exact = exact.reshape(x.shape[0], -1).detach().double()

@@ -22,12 +22,17 @@ __all__ = ["GradientSync"]
 
 
 class GradientSync:
-    def __init__(self, model: FBPINN, layout: ParallelLayout, comm: Communicator) -> None:
+    """``params``: the optimiser's parameters (the model's, then ``extra_replicated`` ones such
+    as trainable problem parameters, which every rank holds)."""
+
+    def __init__(
+        self, model: FBPINN, layout: ParallelLayout, comm: Communicator, extra_replicated: Sequence[Tensor] = ()
+    ) -> None:
         self.comm = comm
-        self.params = list(model.parameters())
+        self.params = [*model.parameters(), *extra_replicated]
         replicated_ids = {
             id(p) for level, net in enumerate(model.nets) if not layout.is_partitioned(level) for p in net.parameters()
-        }
+        } | {id(p) for p in extra_replicated}
         self.replicated_mask = [id(p) in replicated_ids for p in self.params]
         self.replicated = [p for p, r in zip(self.params, self.replicated_mask) if r]
         self.partitioned = [p for p, r in zip(self.params, self.replicated_mask) if not r]

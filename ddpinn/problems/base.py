@@ -86,9 +86,15 @@ class Face:
 
 @dataclass(frozen=True, eq=False)
 class Points:
-    """Given points (e.g. observations): ``x``: [n, dim]."""
+    """Given points: ``x`` [n, dim], with optional observed ``values`` [n, k] (a data constraint's
+    residual reads them, row-aligned with x, as ``d.data``)."""
 
     x: Tensor
+    values: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.values is not None and self.values.shape[0] != self.x.shape[0]:
+            raise ProblemError(f"Points: {self.values.shape[0]} values for {self.x.shape[0]} points")
 
 
 Region = Point | Face | Points
@@ -123,9 +129,17 @@ class Derivatives:
     derivatives may be written in any axis order (``u_xy`` or ``u_yx``).
     """
 
-    def __init__(self, jets: Tensor, names: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, jets: Tensor, names: dict[str, tuple[int, int]], data: Tensor | None = None) -> None:
         self._jets = jets
         self._names = names
+        self._data = data
+
+    @property
+    def data(self) -> Tensor:
+        """Observed values at these points ([n, k]), for constraints on :class:`Points` with values."""
+        if self._data is None:
+            raise KeyError("d.data: these points carry no observed values (give Points(x, values=...))")
+        return self._data
 
     def __getitem__(self, name: str) -> Tensor:
         try:
@@ -147,13 +161,17 @@ class Problem:
     Class attributes to declare: ``inputs`` (axis names), ``outputs`` (field names, default
     ``("u",)``), ``derivatives`` (the :class:`D` the residual reads) and optionally
     ``output_mean``/``output_scale`` (the global un-normalisation of every subdomain network's
-    output; override with properties when they depend on parameters).
+    output; override with properties when they depend on parameters) and ``trainable`` (names of
+    float parameters learnt with the networks, for inverse problems: during training the
+    attribute holds a scalar tensor, replicated on every process; use it in residuals and soft
+    constraints, not in the hard constraint or the exact solution).
     """
 
     name: ClassVar[str] = ""
     inputs: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ("u",)
     derivatives: ClassVar[tuple[D, ...]] = ()
+    trainable: ClassVar[tuple[str, ...]] = ()
     output_mean: float = 0.0
     output_scale: float = 1.0
 
@@ -175,6 +193,11 @@ class Problem:
     def exact(self, x: Tensor) -> Tensor | None:
         """Exact or reference solution at ``x``: [n, n_outputs], or None if there is none."""
         return None
+
+    def true_parameters(self) -> dict[str, float]:
+        """The values of the ``trainable`` parameters behind the exact solution (inverse problems),
+        so runs can report how well they were recovered; empty if unknown."""
+        return {}
 
     # ----------------------------------------------------------------- derived declarations
     @property
@@ -228,6 +251,9 @@ class Problem:
         box = self.domain()
         if box.dim != self.dim:
             raise ProblemError(f"{cls}.domain(): has {box.dim} axes but inputs are {list(self.inputs)}")
+        for name in self.trainable:
+            if not isinstance(getattr(self, name, None), (int, float)):
+                raise ProblemError(f"{cls}.trainable: {name!r} must name a float parameter of the problem")
         for c in self.constraints():
             if isinstance(c.where, Face) and c.where.axis not in self.inputs:
                 raise ProblemError(f"constraint {c.name!r}: Face axis {c.where.axis!r} is not an input")
@@ -240,11 +266,14 @@ class Problem:
         names = self.derivative_names(spec)
         box = self.domain()
         x = torch.tensor([box.centre.tolist()] * 3, dtype=torch.float64)
-        d = Derivatives(torch.zeros(3, len(spec), len(self.outputs), dtype=torch.float64), names)
-        checks = [("residual", self.residual)] + [(f"constraint {c.name!r}", c.residual) for c in self.constraints()]
-        for what, fn in checks:
+        jets = torch.zeros(3, len(spec), len(self.outputs), dtype=torch.float64)
+        checks = [("residual", self.residual, None)] + [
+            (f"constraint {c.name!r}", c.residual, getattr(c.where, "values", None)) for c in self.constraints()
+        ]
+        for what, fn, values in checks:
+            data = None if values is None else torch.zeros(3, *values.shape[1:], dtype=torch.float64)
             try:
-                fn(x, d)
+                fn(x, Derivatives(jets, names, data))
             except KeyError as err:
                 message = err.args[0] if err.args else str(err)
                 raise ProblemError(f"{type(self).__name__} {what}: {message}") from None

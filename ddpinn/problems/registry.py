@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from ddpinn.config import ConfigError, convert_value
 from ddpinn.problems.base import Problem, ProblemError
 
 __all__ = ["register", "problem_class", "make_problem", "registered"]
@@ -90,7 +91,11 @@ def make_problem(name: str, params: dict[str, Any] | None = None, base_dir: Path
         )
     hints = typing.get_type_hints(cls)
     for key, value in params.items():
-        params[key] = _coerce(f"problem.params.{key}", value, hints.get(key))
+        if key in hints:
+            try:
+                params[key] = convert_value(f"problem.params.{key}", value, hints[key])
+            except ConfigError as err:
+                raise ProblemError(str(err)) from None
     try:
         problem = cls(**params)
         problem.check()
@@ -102,24 +107,3 @@ def make_problem(name: str, params: dict[str, Any] | None = None, base_dir: Path
             f"cannot be used: {type(err).__name__}: {err}"
         ) from None
     return problem
-
-
-def _coerce(where: str, value: Any, hint: Any) -> Any:
-    """Accept YAML scalars/lists for float, int, bool and list[float] parameters; reject the rest."""
-    if hint is None:
-        return value
-    origin = typing.get_origin(hint)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is bool and isinstance(value, bool):
-        return value
-    if hint is str and isinstance(value, str):
-        return value
-    if origin in (list, tuple) and isinstance(value, (list, tuple)):
-        (inner, *_) = typing.get_args(hint) or (None,)
-        return [_coerce(f"{where}[{i}]", v, inner) for i, v in enumerate(value)]
-    if hint in (float, int, bool, str) or origin in (list, tuple):
-        raise ProblemError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
-    return value

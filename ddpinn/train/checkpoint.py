@@ -6,6 +6,7 @@ Layout of ``checkpoint.h5``::
     level_<l>/<param>                 [n_subdomains, ...] every subdomain's parameters, by global id
     level_<l>/adam_m/<param>, adam_v/<param>   Adam moments, same shape
     level_<l>/lbfgs_s<k>/<param>, lbfgs_y<k>/<param>   L-BFGS correction pairs (if any)
+    problem/<name>, problem/adam_m/<name>, ...        trainable problem parameters, shape [1]
     adam attrs: step                  Adam's step count
 
 ``<param>`` is ``W<k>``/``b<k>`` of layer k; ``<l>`` counts levels from 1. Each process
@@ -30,7 +31,7 @@ from ddpinn.model.fbpinn import FBPINN
 from ddpinn.parallel.comm import Communicator
 from ddpinn.train.lbfgs import LBFGSState
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT"]
+__all__ = ["Checkpoint", "CheckpointError", "FORMAT", "ParamGroup", "load_checkpoint", "param_groups", "restore", "save_checkpoint"]
 
 FORMAT = "ddpinn-checkpoint-1"
 
@@ -39,9 +40,25 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _param_names(model: FBPINN, level: int) -> list[tuple[str, torch.nn.Parameter]]:
-    net = model.nets[level]
-    return [(f"W{k}", w) for k, w in enumerate(net.weights)] + [(f"b{k}", b) for k, b in enumerate(net.biases)]
+@dataclass(frozen=True, eq=False)
+class ParamGroup:
+    """Parameters stored under ``prefix`` with rows ``ids``; ``contribute``: this process writes them."""
+
+    prefix: str
+    ids: np.ndarray
+    params: list[tuple[str, torch.nn.Parameter]]
+    contribute: bool
+
+
+def param_groups(model: FBPINN, trainables: torch.nn.Module | None, owned_levels: list[bool], is_root: bool) -> list[ParamGroup]:
+    """The checkpoint's view of a process's parameters, in optimiser order (model, then problem)."""
+    groups = []
+    for level, net in enumerate(model.nets):
+        named = [(f"W{k}", w) for k, w in enumerate(net.weights)] + [(f"b{k}", b) for k, b in enumerate(net.biases)]
+        groups.append(ParamGroup(f"level_{level + 1}", model.held[level], named, owned_levels[level]))
+    if trainables is not None and len(list(trainables.parameters())):
+        groups.append(ParamGroup("problem", np.zeros(1, dtype=np.int64), list(trainables.named_values()), is_root))
+    return groups
 
 
 @dataclass
@@ -61,36 +78,36 @@ class Checkpoint:
         return self.arrays[key][ids]
 
 
-def _local_rows(model: FBPINN, adam: torch.optim.Optimizer | None, lbfgs: LBFGSState | None, contribute: list[bool]):
+def _local_rows(groups: list[ParamGroup], adam: torch.optim.Optimizer | None, lbfgs: LBFGSState | None):
     """{key: (global ids, rows)} for every array this process contributes."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    params = list(model.parameters())
-    index = {id(p): i for i, p in enumerate(params)}
-    for level in range(model.n_levels):
-        if not contribute[level]:
-            continue
-        ids = model.held[level]
-        for name, p in _param_names(model, level):
-            prefix = f"level_{level + 1}"
-            out[f"{prefix}/{name}"] = (ids, p.detach().cpu().numpy())
+    position = 0
+    for group in groups:
+        for name, p in group.params:
+            i, position = position, position + 1
+            if not group.contribute:
+                continue
+
+            def rows(t: torch.Tensor) -> np.ndarray:
+                return t.detach().cpu().numpy().reshape(len(group.ids), *t.shape[1:] if t.dim() else ())
+
+            out[f"{group.prefix}/{name}"] = (group.ids, rows(p))
             state = adam.state.get(p, {}) if adam is not None else {}
             if "exp_avg" in state:
-                out[f"{prefix}/adam_m/{name}"] = (ids, state["exp_avg"].detach().cpu().numpy())
-                out[f"{prefix}/adam_v/{name}"] = (ids, state["exp_avg_sq"].detach().cpu().numpy())
+                out[f"{group.prefix}/adam_m/{name}"] = (group.ids, rows(state["exp_avg"]))
+                out[f"{group.prefix}/adam_v/{name}"] = (group.ids, rows(state["exp_avg_sq"]))
             if lbfgs is not None:
-                i = index[id(p)]
                 for k, (s, y) in enumerate(zip(lbfgs.s, lbfgs.y)):
-                    out[f"{prefix}/lbfgs_s{k}/{name}"] = (ids, s[i].detach().cpu().numpy())
-                    out[f"{prefix}/lbfgs_y{k}/{name}"] = (ids, y[i].detach().cpu().numpy())
+                    out[f"{group.prefix}/lbfgs_s{k}/{name}"] = (group.ids, rows(s[i]))
+                    out[f"{group.prefix}/lbfgs_y{k}/{name}"] = (group.ids, rows(y[i]))
     return out
 
 
 def save_checkpoint(
     path: Path,
     *,
-    model: FBPINN,
+    groups: list[ParamGroup],
     comm: Communicator,
-    owned_levels: list[bool],
     step: int,
     epoch: int,
     phase: str,
@@ -101,10 +118,10 @@ def save_checkpoint(
 ) -> None:
     """Gather every subdomain's state to rank 0 and write ``path`` atomically.
 
-    ``owned_levels[l]``: whether this process contributes level l (its own subdomains of a
-    partitioned level; rank 0 alone for a replicated one).
+    ``groups``: from :func:`param_groups`; a process contributes its own subdomains of a
+    partitioned level, rank 0 alone the replicated ones.
     """
-    local = _local_rows(model, adam, lbfgs, owned_levels)
+    local = _local_rows(groups, adam, lbfgs)
     gathered = comm.allgather_object(local) if comm.world_size > 1 else [local]
     if comm.rank != 0:
         return
@@ -165,28 +182,30 @@ def load_checkpoint(path: Path) -> Checkpoint:
         )
 
 
-def restore(ckpt: Checkpoint, model: FBPINN, adam: torch.optim.Optimizer | None) -> LBFGSState:
-    """Load the held subdomains' parameters and optimiser state into ``model``/``adam``."""
+def restore(ckpt: Checkpoint, groups: list[ParamGroup], adam: torch.optim.Optimizer | None) -> LBFGSState:
+    """Load the held parameters and optimiser state of ``groups`` (rows picked by global id)."""
     lbfgs = LBFGSState(s=[[] for _ in range(ckpt.lbfgs_pairs)], y=[[] for _ in range(ckpt.lbfgs_pairs)])
+
+    def load(key: str, ids: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        rows = ckpt.rows(key, ids)
+        if rows.size != like.numel() or (like.dim() and rows.shape != tuple(like.shape)):
+            raise CheckpointError(f"{key}: checkpoint rows {rows.shape} do not fit parameter {tuple(like.shape)}")
+        return torch.from_numpy(rows).reshape(like.shape).to(like)
+
     with torch.no_grad():
-        for level in range(model.n_levels):
-            ids = model.held[level]
-            prefix = f"level_{level + 1}"
-            for name, p in _param_names(model, level):
-                key = f"{prefix}/{name}"
+        for group in groups:
+            for name, p in group.params:
+                key = f"{group.prefix}/{name}"
                 if key not in ckpt.arrays:
-                    raise CheckpointError(f"checkpoint has no {key}; was it written for another decomposition?")
-                rows = ckpt.rows(key, ids)
-                if rows.shape != tuple(p.shape):
-                    raise CheckpointError(f"{key}: checkpoint rows {rows.shape} do not fit parameter {tuple(p.shape)}")
-                p.copy_(torch.from_numpy(rows))
-                if adam is not None and f"{prefix}/adam_m/{name}" in ckpt.arrays:
+                    raise CheckpointError(f"checkpoint has no {key}; was it written for another decomposition or problem?")
+                p.copy_(load(key, group.ids, p))
+                if adam is not None and f"{group.prefix}/adam_m/{name}" in ckpt.arrays:
                     adam.state[p] = {
                         "step": torch.tensor(float(ckpt.adam_step), dtype=torch.float32, device=p.device),
-                        "exp_avg": torch.from_numpy(ckpt.rows(f"{prefix}/adam_m/{name}", ids)).to(p),
-                        "exp_avg_sq": torch.from_numpy(ckpt.rows(f"{prefix}/adam_v/{name}", ids)).to(p),
+                        "exp_avg": load(f"{group.prefix}/adam_m/{name}", group.ids, p),
+                        "exp_avg_sq": load(f"{group.prefix}/adam_v/{name}", group.ids, p),
                     }
                 for k in range(ckpt.lbfgs_pairs):
-                    lbfgs.s[k].append(torch.from_numpy(ckpt.rows(f"{prefix}/lbfgs_s{k}/{name}", ids)).to(p))
-                    lbfgs.y[k].append(torch.from_numpy(ckpt.rows(f"{prefix}/lbfgs_y{k}/{name}", ids)).to(p))
+                    lbfgs.s[k].append(load(f"{group.prefix}/lbfgs_s{k}/{name}", group.ids, p))
+                    lbfgs.y[k].append(load(f"{group.prefix}/lbfgs_y{k}/{name}", group.ids, p))
     return lbfgs

@@ -40,7 +40,7 @@ class Objective:
             if rows.stop == rows.start or count == 0:
                 out.append(u.new_zeros(()))
                 continue
-            x, d = batch.x[rows], Derivatives(u[rows], self.derivative_names)
+            x, d = batch.x[rows], Derivatives(u[rows], self.derivative_names, batch.data.get(name))
             if name == "pde":
                 residual, weight = self.problem.residual(x, d), 1.0
             else:

@@ -20,6 +20,7 @@ from ddpinn.build import Experiment
 from ddpinn.config import to_dict
 from ddpinn.io.outputs import MetricsLog, Progress, format_duration, write_results
 from ddpinn.model.batch import EvaluationBatch
+from ddpinn.model.trainables import TrainableParameters
 from ddpinn.parallel.batching import BatchFactory, TestSet
 from ddpinn.parallel.comm import Communicator
 from ddpinn.parallel.layout import ParallelLayout
@@ -63,20 +64,23 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.is_root = comm.rank == 0
         self.model = parallelize_model(exp.make_model(layout.held(comm.rank), device), layout=layout, comm=comm)
+        self.trainables = TrainableParameters(exp.problem, exp.dtype, device)
         self.objective = Objective(exp.problem, exp.spec)
-        self.sync = GradientSync(self.model, layout, comm)
+        self.sync = GradientSync(self.model, layout, comm, extra_replicated=list(self.trainables.parameters()))
         self.batches = BatchFactory(exp, layout, comm, device)
         o = self.cfg.optimizer
         fused = device.type in ("cpu", "cuda")
-        self.adam = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
-        self.lbfgs = LBFGS(list(self.model.parameters()), self.sync.dot, self.cfg.lbfgs.history, self.cfg.lbfgs.lr)
+        params = self.sync.params
+        self.adam = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
+        self.lbfgs = LBFGS(params, self.sync.dot, self.cfg.lbfgs.history, self.cfg.lbfgs.lr)
         self.progress = Progress(exp.total_steps, self.is_root and not quiet)
         self.compile_seconds = 0.0
         self._compile_pending = False
         self.local_terms = self._choose_step_function()
         """``local_terms(batch)``: this process's contributions to each loss term, [n_terms]."""
         # Rank 0 writes replicated levels; every rank writes its own subdomains of partitioned ones.
-        self.owned_levels = [layout.is_partitioned(l) or self.is_root for l in range(exp.decomposition.n_levels)]
+        owned_levels = [layout.is_partitioned(l) or self.is_root for l in range(exp.decomposition.n_levels)]
+        self.param_groups = ckpt_io.param_groups(self.model, self.trainables, owned_levels, self.is_root)
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume: bool = False) -> TrainingResult:
@@ -140,7 +144,7 @@ class Trainer:
         self._check_finite(terms, step + 1)
         if clip is not None:
             factor = torch.clamp(clip / (norm + 1e-12), max=1.0)
-            for p in self.model.parameters():
+            for p in self.sync.params:
                 if p.grad is not None:
                     p.grad.mul_(factor)
         self.adam.step()
@@ -150,7 +154,7 @@ class Trainer:
         last: list[torch.Tensor] = []
 
         def closure() -> float:
-            self.model.zero_grad(set_to_none=True)
+            self.adam.zero_grad(set_to_none=True)
             local = self.local_terms(batch)
             local.sum().backward()
             terms, _ = self.sync.reduce(local.detach())
@@ -214,8 +218,20 @@ class Trainer:
         }
         if errors is not None:
             record.update(errors.as_dict())
+        extra = ""
+        if self.exp.problem.trainable:
+            record["problem"] = self.trainables.current()
+            record["problem_rel_error"] = self._parameter_errors()
+            extra = ", ".join(
+                f"{k} {v:.4g}" + (f" ({100 * record['problem_rel_error'][k]:.2f}% off)" if k in record["problem_rel_error"] else "")
+                for k, v in record["problem"].items()
+            )
         metrics.write(record)
-        self.progress.line(step, record["loss"], rate, errors.as_dict() if errors else None)
+        self.progress.line(step, record["loss"], rate, errors.as_dict() if errors else None, extra)
+
+    def _parameter_errors(self) -> dict[str, float]:
+        truth = self.exp.problem.true_parameters()
+        return {k: abs(v - truth[k]) / abs(truth[k]) for k, v in self.trainables.current().items() if truth.get(k)}
 
     def _check_finite(self, terms: torch.Tensor, step: int) -> None:
         if bool(torch.isfinite(terms).all()):
@@ -255,7 +271,7 @@ class Trainer:
         if not resume:
             return 0, 0
         checkpoint = ckpt_io.load_checkpoint(self.run_dir / "checkpoint.h5")
-        lbfgs_state = ckpt_io.restore(checkpoint, self.model, self.adam)
+        lbfgs_state = ckpt_io.restore(checkpoint, self.param_groups, self.adam)
         self.lbfgs.state = lbfgs_state
         self.progress.message(
             f"resumed from step {checkpoint.step} (written by {checkpoint.world_size} rank(s), "
@@ -268,9 +284,8 @@ class Trainer:
         adam_step = int(adam_state["step"]) if adam_state else 0
         ckpt_io.save_checkpoint(
             self.run_dir / "checkpoint.h5",
-            model=self.model,
+            groups=self.param_groups,
             comm=self.comm,
-            owned_levels=self.owned_levels,
             step=step,
             epoch=epoch,
             phase="adam" if step <= self.cfg.train.steps else "lbfgs",
@@ -298,6 +313,9 @@ class Trainer:
             "decomposition": self.exp.decomposition.describe(),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
+        if self.exp.problem.trainable:
+            summary["problem"] = self.trainables.current()
+            summary["problem_rel_error"] = self._parameter_errors()
         (self.run_dir / "summary.json").write_text(json.dumps(_finite_or_null(summary), indent=2) + "\n")
         x, prediction, exact = _assemble_grid(gathered, self.exp.decomposition.domain, self.exp.test_shape())
         write_results(

@@ -27,6 +27,14 @@ CASES = {
         "sampling": {"method": "grid", "n": 64, "test_n": 50},
         "parallel": {"level_policy": ["replicated", "replicated", "partitioned", "partitioned"]},
     },
+    # Inverse problem: a trainable (replicated) parameter and data points spread over the ranks.
+    "inverse": {
+        "problem": {"name": "harmonic_inverse", "params": {"w0": 20.0, "n_observations": 40}},
+        "decomposition": {"levels": 4},
+        "network": {"hidden": [8]},
+        "sampling": {"method": "grid", "n": 64, "test_n": 50},
+        "parallel": {"level_policy": ["replicated", "replicated", "partitioned", "partitioned"]},
+    },
     # 2-D Poisson, levels 1, 2x2, 4x4.
     "poisson2d": {
         "problem": {"name": "poisson2d", "params": {"frequencies": [2.0, 4.0]}},
@@ -85,7 +93,7 @@ def assert_equivalent(ref, got, tol: float) -> None:
         assert rel_diff(g_ref[key], g[key]) <= tol, f"step-0 {key} differs"
     assert set(p_ref) == set(p)
     for key in p_ref:
-        if key.endswith(("W0", "W1", "W2", "b0", "b1", "b2")):
+        if key.endswith(("W0", "W1", "W2", "b0", "b1", "b2")) or key == "problem/mu":
             assert rel_diff(p_ref[key], p[key]) <= tol, f"{key} after {STEPS} steps differs"
     assert rel_diff([r["loss"] for r in m_ref], [r["loss"] for r in m]) <= tol
     assert rel_diff(m_ref[-1]["rel_l2"], m[-1]["rel_l2"]) <= tol
@@ -96,6 +104,7 @@ def assert_equivalent(ref, got, tol: float) -> None:
     [
         ("harmonic1d", 2, "torchrun", "torch", "float64"),
         ("harmonic1d", 4, "torchrun", "torch", "float64"),
+        ("inverse", 4, "torchrun", "torch", "float64"),
         ("poisson2d", 2, "torchrun", "torch", "float64"),
         ("poisson2d", 4, "torchrun", "torch", "float64"),
         ("burgers", 4, "torchrun", "torch", "float32"),

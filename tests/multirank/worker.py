@@ -33,6 +33,9 @@ def gather_gradients(trainer, layout, comm) -> dict[str, np.ndarray]:
         named = [(f"W{k}", w) for k, w in enumerate(net.weights)] + [(f"b{k}", b) for k, b in enumerate(net.biases)]
         for name, p in named:
             rows[f"level_{level + 1}/{name}"] = (trainer.model.held[level], p.grad.detach().cpu().double().numpy())
+    if comm.rank == 0:
+        for name, p in trainer.trainables.named_values():
+            rows[f"problem/{name}"] = (np.zeros(1, dtype=np.int64), p.grad.detach().cpu().double().numpy().reshape(1))
     merged: dict[str, list] = {}
     for part in comm.allgather_object(rows):
         for key, piece in part.items():

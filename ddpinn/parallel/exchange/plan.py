@@ -89,10 +89,10 @@ def build_distributed_batch(
     layout: ParallelLayout,
     comm: Communicator,
     groups: Mapping[str, np.ndarray],
-    local_counts: Mapping[str, int],
     spec: JetSpec,
     held: Sequence[np.ndarray],
     device: torch.device,
+    data: Mapping[str, np.ndarray] | None = None,
 ) -> EvaluationBatch:
     """The rank's batch over own + halo points, with its :class:`ExchangePlan` attached."""
     rank = comm.rank
@@ -125,7 +125,7 @@ def build_distributed_batch(
         offset += part.shape[0]
     halo = np.concatenate(halo_parts) if halo_parts else np.zeros((0, exp.problem.dim))
 
-    totals = comm.all_reduce_sum(torch.tensor([float(local_counts[g]) for g in names], dtype=torch.float64))
+    totals = comm.all_reduce_sum(torch.tensor([float(len(groups[g])) for g in names], dtype=torch.float64))
     plan = ExchangePlan(
         rank=rank,
         n_own=n_own,
@@ -146,4 +146,5 @@ def build_distributed_batch(
         dtype=exp.dtype,
         device=device,
         exchange=plan,
+        data=data,
     )

@@ -2,7 +2,7 @@
 
 from ddpinn.problems.library.burgers import Burgers1D
 from ddpinn.problems.library.cos1d import Cos1D, MultiscaleCos1D
-from ddpinn.problems.library.harmonic import HarmonicOscillator
+from ddpinn.problems.library.harmonic import HarmonicInverse, HarmonicOscillator
 from ddpinn.problems.library.heat import Heat2DMultiscale
 from ddpinn.problems.library.helmholtz import Helmholtz2D
 from ddpinn.problems.library.poisson import Poisson2D
@@ -11,6 +11,7 @@ from ddpinn.problems.library.wave import Wave1D
 __all__ = [
     "Burgers1D",
     "Cos1D",
+    "HarmonicInverse",
     "HarmonicOscillator",
     "Heat2DMultiscale",
     "Helmholtz2D",

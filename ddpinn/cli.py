@@ -6,6 +6,7 @@
     ddpinn plot RUN_DIR                           redraw RUN_DIR/plots/*.png
     ddpinn check CONFIG [--set ...] [--ranks N]   validate a config and describe the run, no training
     ddpinn problems                               list the registered problems
+    ddpinn config [--markdown]                    every config key, its default and meaning
 
 Exit status: 0 success, 2 bad config or input, 3 non-finite loss, 4 communication failure.
 """
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--ranks", type=int, default=1, help="describe the layout for this many ranks")
 
     sub.add_parser("problems", help="list the registered problems")
+
+    r = sub.add_parser("config", help="print every config key with its default and documentation")
+    r.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/configuration.md")
     return p
 
 
@@ -167,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check":
             return _check(args)
+        if args.command == "config":
+            from ddpinn.config_reference import reference_markdown, reference_yaml
+
+            print(reference_markdown() if args.markdown else reference_yaml())
+            return 0
         return _problems(args)
     except (ConfigError, CheckpointError, LayoutError, LaunchError) as err:
         print(f"ddpinn: error: {err}", file=sys.stderr)

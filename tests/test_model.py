@@ -233,12 +233,16 @@ def test_initial_weights_depend_only_on_seed_level_and_global_id():
     full = FBPINN([np.arange(1), np.arange(16)], sizes, Tanh(), output_mean=[0.0], output_scale=[1.0], seed=7)
     part = FBPINN([np.arange(1), np.array([3, 9, 12])], sizes, Tanh(), output_mean=[0.0], output_scale=[1.0], seed=7)
     other = FBPINN([np.arange(1), np.arange(16)], sizes, Tanh(), output_mean=[0.0], output_scale=[1.0], seed=8)
-    for wf, wp, wo in zip(full.nets[1].weights, part.nets[1].weights, other.nets[1].weights):
-        assert torch.equal(wp, wf[[3, 9, 12]])
-        assert not torch.equal(wo, wf)
-        fan = wf.shape[1] + wf.shape[2]
-        assert abs(wf.std().item() / math.sqrt(2 / fan) - 1) < 0.35  # Glorot-normal scale
-    assert all((b == 0).all() for net in full.nets for b in net.biases)
+    for tensors in ((full.nets[1].weights, part.nets[1].weights, other.nets[1].weights),
+                    (full.nets[1].biases, part.nets[1].biases, other.nets[1].biases)):
+        for wf, wp, wo in zip(*tensors):
+            assert torch.equal(wp, wf[[3, 9, 12]])
+            assert not torch.equal(wo, wf)
+    for wf, bf in zip(full.nets[1].weights, full.nets[1].biases):
+        bound = 1 / math.sqrt(wf.shape[2])  # LeCun uniform: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        for t in (wf, bf):
+            assert t.abs().max().item() <= bound
+            assert abs(t.std().item() / (bound / math.sqrt(3)) - 1) < 0.3
     # distinct subdomains and levels do not share weights
     assert not torch.equal(full.nets[1].weights[0][0], full.nets[1].weights[0][1])
     assert not torch.equal(full.nets[0].weights[0][0], full.nets[1].weights[0][0])

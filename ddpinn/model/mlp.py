@@ -55,15 +55,19 @@ class StackedMLP(nn.Module):
 
     @torch.no_grad()
     def initialise(self, seed: int, level: int, subdomain_ids: np.ndarray) -> None:
-        """Glorot-normal weights and zero biases, drawn from (seed, level, global subdomain id) only."""
+        """Weights and biases uniform in ±1/√fan_in (LeCun uniform, as torch.nn.Linear and the
+        reference FBPINN implementation), drawn from (seed, level, global subdomain id) only.
+
+        Non-zero biases matter here: they spread each subdomain's tanh units over its input
+        interval, which the high-frequency solutions need from the first step."""
         ids = np.asarray(subdomain_ids, dtype=np.int64)
-        for layer, weight in enumerate(self.weights):
+        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             _, n_out, n_in = weight.shape
-            std = np.sqrt(2.0 / (n_in + n_out))
-            draws = rng.normal(rng.stream_key(seed, "init", level, layer), ids, n_out * n_in) * std
-            weight.copy_(torch.from_numpy(draws.reshape(-1, n_out, n_in)))
-        for bias in self.biases:
-            bias.zero_()
+            bound = 1.0 / np.sqrt(n_in)
+            draws = rng.uniform(rng.stream_key(seed, "init", level, layer), ids, n_out * (n_in + 1))
+            draws = (2 * draws - 1) * bound
+            weight.copy_(torch.from_numpy(draws[:, : n_out * n_in].reshape(-1, n_out, n_in)))
+            bias.copy_(torch.from_numpy(draws[:, n_out * n_in :].reshape(-1, n_out, 1)))
 
     def jets(self, x_norm: Tensor, inv_half_width: Tensor, spec: JetSpec) -> Tensor:
         """Outputs and their input derivatives.

@@ -163,6 +163,12 @@ class Experiment:
             domain.lo, domain.hi, SamplingMethod.GRID, self.cfg.sampling.test_n, seed=0, stream="test", block=block
         )
 
+    def level_parameters(self, level: int) -> int:
+        """Trainable parameters of all subdomain networks of ``level`` together."""
+        sizes = self.level_sizes[level]
+        per_network = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        return self.decomposition.levels[level].n_subdomains * per_network
+
     @property
     def collocation_count(self) -> int:
         """Global number of PDE collocation points (all processes together)."""

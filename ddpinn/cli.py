@@ -51,36 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _absolute_problem_path(data: dict, base: Path) -> None:
-    """Make a ``file.py:Class`` problem reference absolute, so resumed runs find it."""
-    name = data.get("problem", {}).get("name", "")
-    if isinstance(name, str) and ".py:" in name:
-        file, cls = name.rsplit(":", 1)
-        path = Path(file)
-        if not path.is_absolute():
-            path = (base / path) if (base / path).exists() else path.resolve()
-        data["problem"]["name"] = f"{path.resolve()}:{cls}"
-
-
 def _load(config: str, overrides: list[str]):
-    import yaml
+    from ddpinn.config import load_config
 
-    from ddpinn.config import ConfigError, load_config
-
-    path = Path(config)
-    if not path.exists():
-        raise ConfigError(f"config file {config!r} not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{config}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{config}: the config must be a mapping of sections")
-    from ddpinn.config import apply_overrides
-
-    data = apply_overrides(data, overrides)
-    _absolute_problem_path(data, path.parent)
-    return load_config(data=data), path.parent
+    return load_config(config, overrides), Path(config).parent
 
 
 def _train(args) -> int:
@@ -128,9 +102,7 @@ def _check(args) -> int:
         print(f"  level {l + 1}: {'x'.join(map(str, level.shape))} subdomains, {cov.n_pairs} (point, subdomain) pairs, "
               f"{cov.slots} slots per subdomain, network {list(exp.level_sizes[l])}")
     print(f"points        {', '.join(f'{k}: {len(v)}' for k, v in groups.items())}; total pairs {batch.n_pairs}")
-    n_params = sum(int(level.n_subdomains) * sum(a * b + b for a, b in zip(s[:-1], s[1:]))
-                   for level, s in zip(exp.decomposition.levels, exp.level_sizes))
-    print(f"parameters    {n_params}")
+    print(f"parameters    {sum(exp.level_parameters(l) for l in range(exp.decomposition.n_levels))}")
     print(f"layout        {layout.describe()}")
     print(f"device        {device}, {cfg.run.dtype}")
     return 0

@@ -464,6 +464,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _absolute_problem_file(data: dict[str, Any], base: Path) -> None:
+    """A ``file.py:Class`` problem named relative to the config file: make it absolute, so the
+    resolved config (and a resumed run) finds it from anywhere."""
+    problem = data.get("problem")
+    name = problem.get("name", "") if isinstance(problem, dict) else ""
+    if isinstance(name, str) and ".py:" in name:
+        file, cls = name.rsplit(":", 1)
+        path = Path(file)
+        if not path.is_absolute():
+            path = base / path if (base / path).exists() else path
+        problem["name"] = f"{path.resolve()}:{cls}"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> Config:
     """Read a YAML config (or take ``data``), apply overrides and validate it."""
     if data is None:
@@ -479,4 +492,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections")
     data = apply_overrides(data, overrides or [])
+    _absolute_problem_file(data, Path(path).parent if path is not None else Path.cwd())
     return from_dict(Config, data)

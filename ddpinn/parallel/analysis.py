@@ -167,8 +167,7 @@ def rank_traffic(exp: Experiment, layout: ParallelLayout, rank: int, epoch: int 
         if layout.is_partitioned(l):
             by_level[l + 1] = int(np.unique(p.numpy()[mine & (p.numpy() >= x_own.shape[0])]).size)
         else:
-            sizes = exp.level_sizes[l]
-            replicated_params += level.n_subdomains * sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+            replicated_params += exp.level_parameters(l)
 
     analytic_halo, analytic_requested = analytic_halo_points(layout, rank, _PointCounter(exp))
     return RankTraffic(

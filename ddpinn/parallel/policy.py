@@ -32,10 +32,6 @@ class LevelCost:
     extra_halo_floats: float
 
 
-def _parameters_per_network(sizes) -> int:
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-
-
 def _halo_points(exp: Experiment, grid: tuple[int, ...], reach: np.ndarray, n_points: int) -> float:
     """Expected points within ``reach`` (per axis) outside a typical block."""
     lengths = exp.decomposition.domain.lengths
@@ -54,7 +50,7 @@ def level_costs(exp: Experiment, world_size: int) -> list[LevelCost]:
     costs, reach = [], np.zeros(exp.problem.dim)
     for l in reversed(range(exp.decomposition.n_levels)):
         level = exp.decomposition.levels[l]
-        params = level.n_subdomains * _parameters_per_network(exp.level_sizes[l])
+        params = exp.level_parameters(l)
         new_reach = np.maximum(reach, np.array([w.max() / 2 for w in level.widths]))
         extra = _halo_points(exp, grid, new_reach, n_points) - _halo_points(exp, grid, reach, n_points)
         costs.append(LevelCost(l, level.n_subdomains, 2.0 * params * (world_size - 1) / world_size, extra * values_per_point))

@@ -34,7 +34,7 @@ CASES = {
 }
 
 
-def worker(case: str, mode: str, steps: int) -> dict:
+def worker(case: str, mode: str, steps: int, threads: int | None) -> dict:
     import resource
     import tempfile
 
@@ -46,7 +46,8 @@ def worker(case: str, mode: str, steps: int) -> dict:
     from ddpinn.train.trainer import Trainer
 
     config = CASES[case][0]
-    cfg, base = _load(str(ROOT / config), [f"train.compile={'on' if mode == 'compiled' else 'off'}"])
+    overrides = [f"train.compile={'on' if mode == 'compiled' else 'off'}"] + ([f"run.threads={threads}"] if threads else [])
+    cfg, base = _load(str(ROOT / config), overrides)
     exp = build_experiment(cfg, base)
     with open_session(cfg) as (_, comm, device), tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(exp, comm=comm, layout=make_layout(exp, 1), device=device, run_dir=Path(tmp), quiet=True)
@@ -76,27 +77,29 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     p.add_argument("--steps", type=int, default=500, help="timed steps per case (after 50 warm-up steps)")
+    p.add_argument("--threads", type=int, nargs="+", default=[0],
+                   help="intra-op threads per run; 0 = the default (all cores); several values compare them")
     p.add_argument("--out", default="results/speed.json")
     p.add_argument("--worker", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.steps)))
+        print(json.dumps(worker(*args.worker, args.steps, args.threads[0] or None)))
         return
     rows = []
-    print(f"{'case':8} {'mode':9} {'pairs':>7} {'ms/step':>8} {'target':>7} {'ref JAX':>8} {'µs/pair':>8} "
+    print(f"{'case':8} {'mode':9} {'thr':>3} {'pairs':>7} {'ms/step':>8} {'target':>7} {'ref JAX':>8} {'µs/pair':>8} "
           f"{'start s':>7} {'compile s':>9} {'peak MB':>8}")
     for case in args.cases:
         steps = args.steps if case != "p4_l5" else max(args.steps // 5, 50)
-        for mode in args.modes:
+        for mode, threads in [(m, t) for m in args.modes for t in args.threads]:
             out = subprocess.run(
-                [sys.executable, __file__, "--worker", case, mode, "--steps", str(steps)],
+                [sys.executable, __file__, "--worker", case, mode, "--steps", str(steps), "--threads", str(threads)],
                 cwd=ROOT, capture_output=True, text=True, check=True,
             ).stdout.strip().splitlines()[-1]
             row = json.loads(out)
             row["reference_ms"], row["target_ms"] = CASES[case][1], CASES[case][2]
             row["meets_target"] = row["ms_per_step"] <= row["target_ms"]
             rows.append(row)
-            print(f"{case:8} {mode:9} {row['pairs']:>7} {row['ms_per_step']:8.3f} {row['target_ms']:7.2f} "
+            print(f"{case:8} {mode:9} {row['threads']:>3} {row['pairs']:>7} {row['ms_per_step']:8.3f} {row['target_ms']:7.2f} "
                   f"{row['reference_ms']:8.2f} {row['us_per_pair']:8.4f} {row['startup_s']:7.2f} "
                   f"{row['compile_s']:9.1f} {row['peak_rss_mb']:8.0f}  {'PASS' if row['meets_target'] else 'FAIL'}",
                   flush=True)

@@ -87,7 +87,7 @@ CASES = [
     ("gap-touching", ["decomposition.overlap=1.0"], ["decomposition.levels[0]: subdomains leave a gap in x", "overlap"], None),
     ("gap-second-level", ["decomposition.levels=[{subdomains: 2}, {subdomains: 5, overlap: 0.95}]"],
      ["decomposition.levels[1]: subdomains leave a gap in x", "overlap"], None),
-    ("gap-multilevel", ["decomposition.levels=3", "decomposition.overlap=0.9"],      ["decomposition.overlap: level 1 of the multilevel layout", "the overlap (0.9) must be greater than 1"], None),
+    ("gap-multilevel", ["decomposition.levels=3", "decomposition.overlap=0.9"],      ["decomposition.overlap: level 2 of the multilevel layout", "gap in x", "the overlap (0.9) must be greater than 1"], None),
     ("unknown-problem", ["problem.name=cos2d"], ["problem.name: unknown problem 'cos2d'", "'cos1d'"], None),
     ("unknown-parameter", ["problem.params={omgea: 3}"], ["problem.params.omgea", "has no parameter 'omgea'", "'omega'"], None),
     ("wrong-parameter-type", ["problem.params={omega: fast}"], ["problem.params.omega: expected float"], None),

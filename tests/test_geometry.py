@@ -250,7 +250,7 @@ def test_x_norm_and_inverse_half_width_follow_the_subdomain_box():
     [
         (uniform_level(Box((0.0, 0.0), (1.0, 1.0)), [3, 5], 0.9), ["gap in x between", "overlap"]),
         (Level((np.array([0.5]), np.array([0.0, 0.5, 1.0])), (1.2, 0.5)), ["gap in y between 0.25 and 0.25", "overlap"]),
-        (Level((np.array([0.5]), np.array([0.5])), (1.2, 0.8)), ["no subdomain covers y = 0", "widen"]),
+        (Level((np.array([0.5]), np.array([0.35, 0.8])), (1.2, 0.6)), ["no subdomain covers y = 0", "widen"]),
         (Level((np.array([0.0, 0.45]), np.array([0.5])), (1.0, 1.2)), ["no subdomain covers x = 1", "coverage ends at 0.95"]),
     ],
     ids=["interior-gap", "touching", "low-edge", "high-edge"],
@@ -310,3 +310,26 @@ def test_invalid_geometry_is_rejected(build, message):
     with pytest.raises(GeometryError, match=re.escape(message)):
         build()
 
+
+
+@pytest.mark.parametrize("width", [0.5, 1.0, 2.0])
+def test_a_single_subdomain_axis_covers_the_domain_with_window_one(width):
+    """One subdomain along an axis (a PINN, or the coarse level) covers the whole axis whatever its
+    width, with window 1: a box exactly the domain's size must not give 0/0 on the boundary."""
+    box = Box((0.0, 0.0), (1.0, 1.0))
+    level = Level((np.array([0.5]), np.array([0.5])), (width, width))
+    level.check_covers(box, "level", ["x", "y"])
+    x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.3, 0.9], [1.0, 0.0]], dtype=torch.float64)
+    spec = JetSpec.closure(2, [(0, 0), (0, 1)])
+    cov = cover_level(level, x, CosineWindow(), spec)
+    assert cov.n_pairs == 4
+    torch.testing.assert_close(cov.window[0, 0], torch.ones(4, dtype=torch.float64))
+    assert (cov.window[0, 1:] == 0).all()
+
+
+def test_cosine_window_keeps_relative_precision_near_the_edge():
+    t = torch.tensor([1 - 2.3e-6, -(1 - 1e-4)], dtype=torch.float64)
+    value = CosineWindow().profile(t, 0)[0]
+    expected = torch.cos(torch.pi * t / 2) ** 4
+    assert (value > 0).all()
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=0)

@@ -99,12 +99,15 @@ def level_pairs(level: Level, x: Tensor) -> tuple[Tensor, Tensor]:
     """All (point, subdomain id) pairs of a level: two [n_pairs] int64 tensors, sorted by point.
 
     ``x``: [n_points, dim], float64, CPU. A pair means the point lies strictly inside the
-    subdomain's box (where its window is non-zero).
+    subdomain's box (where its window is non-zero); along an axis with a single subdomain every
+    point is inside (the window is 1 along it, as for the reference FBPINN's one-subdomain level).
     """
     n = x.shape[0]
     points = torch.arange(n)
     ids = torch.zeros(n, dtype=torch.int64)
     for a in range(level.dim):
+        if level.shape[a] == 1:
+            continue  # every point pairs with the axis's only interval (index 0)
         lo, hi = level.axis_bounds(a)
         ax_points, ax_index = _axis_pairs(x[:, a].contiguous(), lo, hi)
         counts = torch.bincount(ax_points, minlength=n)
@@ -145,7 +148,7 @@ def cover_level(
     centres = torch.as_tensor(level.subdomain_centres(ids.numpy()))
     half = torch.as_tensor(level.subdomain_widths(ids.numpy())) / 2
     t = (x[points] - centres) / half  # [n_pairs, dim]
-    w = _window_jets(window, t, half, spec)  # [n_pairs, J]
+    w = _window_jets(window, t, half, spec, [n == 1 for n in level.shape])  # [n_pairs, J]
 
     # Partition of unity: divide by the sum over every subdomain covering the point.
     total = torch.zeros(n, len(spec), dtype=torch.float64).index_add_(0, points, w)
@@ -188,9 +191,13 @@ def cover_level(
     )
 
 
-def _window_jets(window: Window, t: Tensor, half: Tensor, spec: JetSpec) -> Tensor:
-    """Jets of the product window at each pair: [n_pairs, J] from t, half: [n_pairs, dim]."""
-    profiles = [window.profile(t[:, a], spec.max_order) for a in range(t.shape[1])]
+def _window_jets(window: Window, t: Tensor, half: Tensor, spec: JetSpec, single: list[bool]) -> Tensor:
+    """Jets of the product window at each pair: [n_pairs, J] from t, half: [n_pairs, dim].
+
+    Along axes with a single subdomain (``single[a]``) the profile is 1: a level-wide factor
+    that the partition of unity divides out anyway, and 0/0 at the box edge if kept."""
+    ones = [torch.ones_like(t[:, 0])] + [torch.zeros_like(t[:, 0])] * spec.max_order
+    profiles = [ones if single[a] else window.profile(t[:, a], spec.max_order) for a in range(t.shape[1])]
     rows = []
     for index in spec.indices:
         value = torch.ones(t.shape[0], dtype=t.dtype)

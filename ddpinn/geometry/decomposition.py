@@ -151,9 +151,12 @@ class Level:
         """Raise :class:`GeometryError` unless the open subdomain boxes cover the closed ``domain``.
 
         A window vanishes on its box's edge, so boxes that merely touch leave a point where the
-        windows sum to zero; the overlap must be strict. ``hint`` replaces the default advice.
+        windows sum to zero; the overlap must be strict. An axis with a single subdomain is covered
+        whatever its width. ``hint`` replaces the default advice.
         """
         for a in range(self.dim):
+            if self.shape[a] == 1:
+                continue  # a single subdomain along an axis covers all of it (window 1 there)
             lo, hi = self.axis_bounds(a)
             name = axis_names[a]
             # Sweep from the domain's lower end: `at` is the first point not yet known to be covered.

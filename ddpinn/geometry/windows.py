@@ -34,9 +34,10 @@ class Window:
 
 @dataclass(frozen=True)
 class CosineWindow(Window):
-    """f(t) = ((1 + cos πt) / 2)² for |t| < 1 (Moseley et al.; smooth, C¹ at the edge).
+    """f(t) = ((1 + cos πt) / 2)² = cos⁴(πt/2) for |t| < 1 (Moseley et al.; C¹ at the edge).
 
-    Written as 3/8 + cos(πt)/2 + cos(2πt)/8, whose k-th derivative is closed-form for every k.
+    The value is computed as cos⁴(πt/2), which keeps full relative precision near the edge; the
+    derivatives use the expansion 3/8 + cos(πt)/2 + cos(2πt)/8, closed-form for every order.
     """
 
     kind: WindowKind = WindowKind.COSINE
@@ -47,9 +48,10 @@ class CosineWindow(Window):
         out = []
         for k in range(order + 1):
             shift = k * math.pi / 2
-            value = math.pi**k * (torch.cos(u + shift) / 2 + 2**k * torch.cos(2 * u + shift) / 8)
             if k == 0:
-                value = value + 3 / 8
+                value = torch.cos(u / 2) ** 4
+            else:
+                value = math.pi**k * (torch.cos(u + shift) / 2 + 2**k * torch.cos(2 * u + shift) / 8)
             out.append(value * inside)
         return out
 

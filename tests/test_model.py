@@ -186,6 +186,24 @@ def test_forward_jets_match_autodiff_of_the_naive_model(name, hard):
     assert (ref.abs().amax(dim=0) > 1e-3).all()  # every row is non-trivial
 
 
+def test_subdomains_that_cover_no_point_are_skipped_without_changing_the_result():
+    """Points in one corner leave most fine-level subdomains without points: the batch drops them
+    (``rows`` gathers the parameters of the rest) and the jets still match the naive model."""
+    case = CASES["2d-multilevel"]
+    problem, dec, model = build(case, hard=True)
+    spec = problem.jet_spec()
+    rng = np.random.default_rng(11)
+    x = -1.0 + 0.4 * rng.random((40, 2))  # the corner [-1, -0.6]^2 of [-1, 1.5]^2
+    batch = build_batch(problem, dec, case.window, spec, {"pde": x}, dtype=F64)
+    finest = batch.levels[-1]
+    assert finest.rows is not None and finest.rows.numel() < dec.levels[-1].n_subdomains
+    assert torch.equal(finest.subdomain_ids, finest.rows)  # every subdomain is held here
+    got = model(batch).detach()
+    with torch.no_grad():
+        ref = autodiff_jets(naive_fbpinn(model, dec, case.window, problem, case.activation), torch.from_numpy(x), spec)
+    torch.testing.assert_close(got, ref, rtol=1e-11, atol=1e-11 * float(ref.abs().max()))
+
+
 @pytest.mark.parametrize("name", ["1d-third-order-deep", "2d-mixed-deep-sin", "3d-heat-like", "2d-two-outputs"])
 def test_first_derivatives_match_central_finite_differences(name):
     """u_a from the jets vs (u(x + h e_a) − u(x − h e_a)) / 2h of the model's own values.

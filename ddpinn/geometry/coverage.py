@@ -37,7 +37,9 @@ class LevelCoverage:
 
     Attributes
     ----------
-    subdomain_ids: [S] global ids of the held subdomains (sorted).
+    subdomain_ids: [S] global ids of the held subdomains that cover at least one point (sorted).
+    rows: [S] their positions in the sorted held list, or None when every held subdomain covers
+        points (the model then uses its parameter stack as it is, without gathering rows).
     point_index: [S, P] row of each slot in the point set; padding slots hold ``n_points``.
     x_norm: [S, dim, P] normalised inputs ``(x - centre) / (width/2)``; zero on padding.
     inv_half_width: [S, dim] ``2 / width``, the chain-rule factor of the normalisation.
@@ -50,6 +52,7 @@ class LevelCoverage:
     """
 
     subdomain_ids: Tensor
+    rows: Tensor | None
     point_index: Tensor
     x_norm: Tensor
     inv_half_width: Tensor
@@ -69,6 +72,7 @@ class LevelCoverage:
     def to(self, dtype: torch.dtype, device: torch.device | str) -> LevelCoverage:
         return LevelCoverage(
             subdomain_ids=self.subdomain_ids.to(device),
+            rows=None if self.rows is None else self.rows.to(device),
             point_index=self.point_index.to(device),
             x_norm=self.x_norm.to(device=device, dtype=dtype),
             inv_half_width=self.inv_half_width.to(device=device, dtype=dtype),
@@ -166,7 +170,17 @@ def cover_level(
     keep = local[ids] >= 0
     points, ids, t, w_hat, sub = points[keep], ids[keep], t[keep], w_hat[keep], local[ids[keep]]
 
-    n_held = held.numel()
+    # Held subdomains that cover none of these points (a replicated level's subdomains far from
+    # this process's block, say) are left out rather than padded: they would contribute nothing.
+    rows = torch.unique(sub)
+    if rows.numel() < held.numel():
+        position = torch.full((held.numel(),), -1, dtype=torch.int64)
+        position[rows] = torch.arange(rows.numel())
+        sub = position[sub]
+        layout_ids, layout_rows = held[rows], rows
+    else:
+        layout_ids, layout_rows = held, None
+    n_held = layout_ids.numel()
     order = torch.argsort(sub * (n + 1) + points)
     points, t, w_hat, sub = points[order], t[order], w_hat[order], sub[order]
     counts = torch.bincount(sub, minlength=n_held)
@@ -179,9 +193,10 @@ def cover_level(
     x_norm[sub, :, slot] = t
     product = torch.zeros(n_held, slots, len(spec), len(spec), dtype=torch.float64)
     product[sub, slot] = product_matrix(w_hat, spec)
-    inv_half_width = 2 / torch.as_tensor(level.subdomain_widths(held.numpy()))
+    inv_half_width = 2 / torch.as_tensor(level.subdomain_widths(layout_ids.numpy()))
     return LevelCoverage(
-        subdomain_ids=held,
+        subdomain_ids=layout_ids,
+        rows=layout_rows,
         point_index=point_index,
         x_norm=x_norm,
         inv_half_width=inv_half_width,

@@ -141,6 +141,7 @@ def _reindex(cov: LevelCoverage, n_eval: int) -> LevelCoverage:
     index = torch.where(cov.point_index == cov.n_points, n_eval, cov.point_index)
     return LevelCoverage(
         subdomain_ids=cov.subdomain_ids,
+        rows=cov.rows,
         point_index=index,
         x_norm=cov.x_norm,
         inv_half_width=cov.inv_half_width,

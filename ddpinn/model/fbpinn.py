@@ -79,7 +79,7 @@ class FBPINN(nn.Module):
         for net, cov in zip(self.nets, batch.levels):
             if cov.n_pairs == 0:
                 continue
-            out = net.jets(cov.x_norm, cov.inv_half_width, batch.spec)  # [S, J, n_out, P]
+            out = net.jets(cov.x_norm, cov.inv_half_width, batch.spec, cov.rows)  # [S, J, n_out, P]
             # Product rule with the (parameter-free) window jets, as one precomputed linear map.
             windowed = (cov.window_product.unsqueeze(3) * out.unsqueeze(1)).sum(2)  # [S, J, n_out, P]
             flat = windowed.permute(0, 3, 1, 2).reshape(-1, n_jets * n_out)

@@ -69,16 +69,20 @@ class StackedMLP(nn.Module):
             weight.copy_(torch.from_numpy(draws[:, : n_out * n_in].reshape(-1, n_out, n_in)))
             bias.copy_(torch.from_numpy(draws[:, n_out * n_in :].reshape(-1, n_out, 1)))
 
-    def jets(self, x_norm: Tensor, inv_half_width: Tensor, spec: JetSpec) -> Tensor:
+    def jets(self, x_norm: Tensor, inv_half_width: Tensor, spec: JetSpec, rows: Tensor | None = None) -> Tensor:
         """Outputs and their input derivatives.
 
-        ``x_norm``: [S, dim, P] normalised inputs; ``inv_half_width``: [S, dim] (dx_norm/dx).
+        ``x_norm``: [S, dim, P] normalised inputs; ``inv_half_width``: [S, dim] (dx_norm/dx);
+        ``rows``: which of the stacked networks these S are (all, in order, if None).
         Returns [S, J, n_out, P], J = len(spec): row r is the derivative ``spec.indices[r]``
         with respect to the *physical* inputs.
         """
         # Index the parameter lists rather than slicing them: a slice builds a new ParameterList,
         # which would bypass parameters swapped in by torch.func.functional_call.
         weights, biases = list(self.weights), list(self.biases)
+        if rows is not None:
+            weights = [w.index_select(0, rows) for w in weights]
+            biases = [b.index_select(0, rows) for b in biases]
         w0, b0 = weights[0], biases[0]
         z = torch.baddbmm(b0, w0, x_norm)  # [S, H1, P]
         if len(spec) == 1:

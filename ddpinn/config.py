@@ -253,7 +253,7 @@ class RunConfig:
     dtype: str = "float32"
     """``float32`` or ``float64``."""
     threads: int | None = None
-    """CPU threads per process (default: torch's choice, divided among local ranks)."""
+    """CPU threads per process (default: ``OMP_NUM_THREADS`` if set, else the cores divided among the ranks on the node)."""
     plots: bool = True
     """Write PNG plots at the end of training."""
 

@@ -33,7 +33,11 @@ def tune_cpu_allocator() -> bool:
 
 
 def set_threads(threads: int | None, local_world_size: int) -> int:
-    """Intra-op threads: as configured, else the machine's cores shared among local ranks."""
-    n = threads or max(1, (os.cpu_count() or 1) // max(local_world_size, 1))
+    """Intra-op threads: as configured, else ``OMP_NUM_THREADS`` (what cluster job scripts set),
+    else the machine's cores shared among the local ranks (ranks on one node must not each take
+    every core: oversubscribed OpenMP threads spin against each other)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    n = threads or (int(env) if env.isdigit() and int(env) > 0 else 0)
+    n = n or max(1, (os.cpu_count() or 1) // max(local_world_size, 1))
     torch.set_num_threads(n)
     return n

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from ddpinn.parallel.env import LaunchError, LaunchMethod, detect_env, first_slurm_host
 
@@ -49,3 +52,19 @@ def test_explicit_and_environment_override():
 @pytest.mark.parametrize("nodelist,host", [("node01", "node01"), ("gpu[03-05,9]", "gpu03"), ("a[1,2],b3", "a1")])
 def test_first_slurm_host(nodelist, host):
     assert first_slurm_host(nodelist) == host
+
+
+def test_threads_follow_config_then_omp_num_threads_then_cores_per_local_rank(monkeypatch):
+    from ddpinn.perf import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads(2, 1) == 2 and torch.get_num_threads() == 2
+        assert set_threads(None, 1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        cores = os.cpu_count() or 1
+        assert set_threads(None, 2) == max(1, cores // 2)
+        assert set_threads(None, 4 * cores) == 1
+    finally:
+        torch.set_num_threads(before)

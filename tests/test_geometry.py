@@ -27,6 +27,7 @@ from ddpinn.geometry import (
     multilevel,
     uniform_level,
 )
+from ddpinn.geometry.coverage import row_length
 from ddpinn.jets import JetSpec
 from helpers import autodiff_jets, dense_jets, full_spec, reference_profile
 
@@ -205,29 +206,83 @@ def test_poisson_pair_counts_match_the_reference_table(n_levels, grid, exact, pu
 
 
 # ----------------------------------------------------------------------------- held subsets
+def by_subdomain(cov) -> dict[int, dict[str, torch.Tensor]]:
+    """A coverage's real (non-padding) slots per subdomain id, its rows concatenated in order:
+    the same whatever the row layout (one row per subdomain, or a subdomain split over several)."""
+    out: dict[int, dict[str, list]] = {}
+    for r, sid in enumerate(cov.subdomain_ids.tolist()):
+        real = cov.point_index[r] < cov.n_points
+        d = out.setdefault(sid, {"point_index": [], "x_norm": [], "window_product": [], "inv_half_width": []})
+        d["point_index"].append(cov.point_index[r, real])
+        d["x_norm"].append(cov.x_norm[r][:, real])
+        d["window_product"].append(cov.window_product[r][..., real])
+        d["inv_half_width"] = [cov.inv_half_width[r]]
+    return {sid: {k: torch.cat(v, dim=-1) for k, v in d.items()} for sid, d in out.items()}
+
+
 @pytest.mark.parametrize("window", sorted(WINDOWS))
 def test_held_subset_has_the_same_windows_as_the_full_level(window):
     level = multilevel(Box((0.0, 0.0), (1.0, 1.0)), 3, 1.9).levels[2]  # 4x4 subdomains
     spec = full_spec(2, 2)
     x = domain_points(Box((0.0, 0.0), (1.0, 1.0)), 500, seed=3)
-    full = cover_level(level, x, WINDOWS[window], spec)
+    full = by_subdomain(cover_level(level, x, WINDOWS[window], spec))
     held = torch.tensor([11, 0, 5, 6, 15])
-    part = cover_level(level, x, WINDOWS[window], spec, held=held)
-    assert part.subdomain_ids.tolist() == sorted(held.tolist())
-    n = x.shape[0]
-    pairs = 0
-    for s, sid in enumerate(part.subdomain_ids.tolist()):
-        real = part.point_index[s] < n
-        k = int(real.sum())
-        pairs += k
-        assert (full.point_index[sid] < n).sum() == k
-        assert torch.equal(part.point_index[s, :k], full.point_index[sid, :k])
-        assert torch.equal(part.x_norm[s, :, :k], full.x_norm[sid, :, :k])
-        assert torch.equal(part.window_product[s, ..., :k], full.window_product[sid, ..., :k])
-        assert torch.equal(part.inv_half_width[s], full.inv_half_width[sid])
-    assert part.n_pairs == pairs
+    cov = cover_level(level, x, WINDOWS[window], spec, held=held)
+    part = by_subdomain(cov)
+    assert sorted(part) == sorted(held.tolist())
+    assert cov.subdomain_ids.tolist() == sorted(cov.subdomain_ids.tolist())
+    for sid, got in part.items():
+        for key, value in got.items():
+            assert torch.equal(value, full[sid][key]), (sid, key)
+    assert cov.n_pairs == sum(d["point_index"].numel() for d in part.values())
     empty = cover_level(level, x, WINDOWS[window], spec, held=torch.tensor([], dtype=torch.int64))
     assert empty.n_pairs == 0 and empty.subdomain_ids.numel() == 0
+
+
+@pytest.mark.parametrize("slots", [None, 7, 40, 1000])
+def test_row_layout_does_not_change_the_windows(slots):
+    """Cutting subdomains into rows of any length gives the same per-subdomain windows; rows map
+    to parameter rows, and the default length keeps padding low on the Poisson P4 layout."""
+    level = multilevel(Box((0.0, 0.0), (1.0, 1.0)), 3, 1.9).levels[2]
+    spec = full_spec(2, 1)
+    x = domain_points(Box((0.0, 0.0), (1.0, 1.0)), 400, seed=8)
+    one_row_each = cover_level(level, x, CosineWindow(), spec, slots=x.shape[0])
+    assert one_row_each.rows is None and one_row_each.subdomain_ids.tolist() == list(range(16))
+    cov = cover_level(level, x, CosineWindow(), spec, slots=slots)
+    reference, got = by_subdomain(one_row_each), by_subdomain(cov)
+    assert sorted(got) == sorted(reference)
+    for sid in reference:
+        for key in reference[sid]:
+            assert torch.equal(got[sid][key], reference[sid][key]), (sid, key)
+    if slots is not None and slots < 40:
+        assert cov.rows is not None and torch.equal(cov.subdomain_ids, cov.rows)  # every subdomain held
+        assert cov.slots == slots
+        assert cov.subdomain_ids.numel() > 16
+
+
+def test_default_rows_keep_padding_low_on_the_poisson_layout():
+    """Interior subdomains cover several times the points of corner ones; one row each would pad
+    P4's 80x80 grid to 1.27x its pairs (levels 3 and 4: 1.73x, 1.34x)."""
+    dec = multilevel(Box((0.0, 0.0), (1.0, 1.0)), 5, 1.9)
+    g = torch.linspace(0, 1, 80, dtype=torch.float64)
+    x = torch.cartesian_prod(g, g)
+    spec = JetSpec.closure(2, [])
+    slots_total = pairs = 0
+    for level in dec.levels:
+        cov = cover_level(level, x, CosineWindow(), spec)
+        slots_total += cov.subdomain_ids.numel() * cov.slots
+        pairs += cov.n_pairs
+    assert pairs == 98816
+    assert slots_total <= 1.08 * pairs
+
+
+def test_row_length_balances_padding_against_short_rows():
+    assert row_length(torch.tensor([100, 100, 100])) == 100
+    assert row_length(torch.tensor([0, 0])) == 1
+    # two full subdomains and many quarter-full ones: quarter rows waste nothing
+    assert row_length(torch.tensor([400, 400] + [100] * 30)) == 100
+    # tiny counts are not cut further
+    assert row_length(torch.tensor([3, 5, 4])) == 5
 
 
 def test_x_norm_and_inverse_half_width_follow_the_subdomain_box():
@@ -236,11 +291,11 @@ def test_x_norm_and_inverse_half_width_follow_the_subdomain_box():
     cov = cover_level(level, x, CosineWindow(), JetSpec.closure(2, []))
     centres = torch.as_tensor(level.subdomain_centres())
     widths = torch.as_tensor(level.subdomain_widths())
-    torch.testing.assert_close(cov.inv_half_width, 2 / widths)
-    for s in range(level.n_subdomains):
-        real = cov.point_index[s] < x.shape[0]
-        expected = (x[cov.point_index[s][real]] - centres[s]) / (widths[s] / 2)
-        torch.testing.assert_close(cov.x_norm[s][:, real].T, expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(cov.inv_half_width, 2 / widths[cov.subdomain_ids])
+    for r, s in enumerate(cov.subdomain_ids.tolist()):
+        real = cov.point_index[r] < x.shape[0]
+        expected = (x[cov.point_index[r][real]] - centres[s]) / (widths[s] / 2)
+        torch.testing.assert_close(cov.x_norm[r][:, real].T, expected, rtol=0, atol=1e-15)
         assert (expected.abs() < 1).all()
 
 

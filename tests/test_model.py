@@ -204,6 +204,37 @@ def test_subdomains_that_cover_no_point_are_skipped_without_changing_the_result(
     torch.testing.assert_close(got, ref, rtol=1e-11, atol=1e-11 * float(ref.abs().max()))
 
 
+def test_subdomains_split_over_several_rows_give_the_same_jets_and_gradients(monkeypatch):
+    """Rows of 7 slots cut every subdomain into several rows sharing one parameter row: the jets
+    and the parameter gradients equal those of the one-row-per-subdomain layout."""
+    import functools
+
+    import ddpinn.model.batch as batch_module
+    from ddpinn.geometry import cover_level
+
+    case = CASES["2d-multilevel"]
+    problem, dec, model = build(case, hard=True)
+    spec = problem.jet_spec()
+    x = sample(problem, 80, seed=2)
+    weights = torch.randn(x.shape[0], len(spec), 1, dtype=F64, generator=torch.Generator().manual_seed(4))
+
+    def jets_and_grads(slots):
+        monkeypatch.setattr(batch_module, "cover_level", functools.partial(cover_level, slots=slots))
+        batch = build_batch(problem, dec, case.window, spec, {"pde": x}, dtype=F64)
+        model.zero_grad()
+        out = model(batch)
+        (out * weights).sum().backward()
+        return batch, out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    split_batch, split, split_grads = jets_and_grads(7)
+    assert all(cov.rows is not None for cov in split_batch.levels)
+    whole_batch, whole, whole_grads = jets_and_grads(x.shape[0])
+    assert all(cov.rows is None for cov in whole_batch.levels)
+    torch.testing.assert_close(split, whole, rtol=1e-12, atol=1e-12)
+    for a, b in zip(split_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
 @pytest.mark.parametrize("name", ["1d-third-order-deep", "2d-mixed-deep-sin", "3d-heat-like", "2d-two-outputs"])
 def test_first_derivatives_match_central_finite_differences(name):
     """u_a from the jets vs (u(x + h e_a) − u(x − h e_a)) / 2h of the model's own values.

@@ -5,9 +5,11 @@ Defines :class:`LevelCoverage`, the per-level evaluation layout the model consum
 set and the subset of the level's subdomains this process holds. Built once per point sampling
 (never in the training step), in float64, then cast to the run's dtype and device.
 
-Layout: a level's held subdomains are stacked on a leading axis and each gets the same number
-``P`` of point slots (its support's points, then padding). Padding slots point at a dummy row
-``n_points`` and carry a zero window, so they contribute nothing.
+Layout: rows of ``P`` point slots stacked on a leading axis. A held subdomain's points (those in
+its support) fill one row, or several consecutive rows when it has many more points than others
+(a subdomain in the interior covers several times the points of one cut by the domain's edge);
+padding slots point at a dummy row ``n_points`` and carry a zero window, so they contribute
+nothing. ``P`` is chosen to keep padding low without making rows too short to batch well.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ddpinn.geometry.decomposition import Level
 from ddpinn.geometry.windows import Window
 from ddpinn.jets import JetSpec
 
-__all__ = ["LevelCoverage", "cover_level", "CoverageError", "level_pairs", "product_matrix"]
+__all__ = ["LevelCoverage", "cover_level", "CoverageError", "level_pairs", "product_matrix", "row_length"]
 
 
 class CoverageError(ValueError):
@@ -37,10 +39,12 @@ class LevelCoverage:
 
     Attributes
     ----------
-    subdomain_ids: [S] global ids of the held subdomains that cover at least one point (sorted).
-    rows: [S] their positions in the sorted held list, or None when every held subdomain covers
-        points (the model then uses its parameter stack as it is, without gathering rows).
-    point_index: [S, P] row of each slot in the point set; padding slots hold ``n_points``.
+    subdomain_ids: [S] global id of the subdomain each row evaluates (sorted; a subdomain spans
+        several rows when its points were split, and held subdomains without points have none).
+    rows: [S] the position of each row's subdomain in the sorted held list (the row of the model's
+        parameter stack to use), or None when that is simply ``arange(S)`` (one row per held
+        subdomain: the model then uses its parameter stack as it is, without gathering).
+    point_index: [S, P] index of each slot's point in the point set; padding slots hold ``n_points``.
     x_norm: [S, dim, P] normalised inputs ``(x - centre) / (width/2)``; zero on padding.
     inv_half_width: [S, dim] ``2 / width``, the chain-rule factor of the normalisation.
     window_product: [S, J, J, P] the product rule with the partition-of-unity window
@@ -132,11 +136,14 @@ def cover_level(
     spec: JetSpec,
     held: Tensor | None = None,
     where: str = "level",
+    slots: int | None = None,
 ) -> LevelCoverage:
     """Build the :class:`LevelCoverage` of ``level`` on points ``x`` for the ``held`` subdomains.
 
     ``x``: [n_points, dim] (any float dtype; computed in float64 on CPU). ``held``: global ids
-    (default: all). Raises :class:`CoverageError` if a point is covered by no subdomain.
+    (default: all). ``slots``: the row length P (default: :func:`row_length` of the subdomains'
+    point counts); a subdomain with more points spans several rows. Raises
+    :class:`CoverageError` if a point is covered by no subdomain.
     """
     x = x.detach().to(device="cpu", dtype=torch.float64)
     n = x.shape[0]
@@ -170,29 +177,29 @@ def cover_level(
     keep = local[ids] >= 0
     points, ids, t, w_hat, sub = points[keep], ids[keep], t[keep], w_hat[keep], local[ids[keep]]
 
-    # Held subdomains that cover none of these points (a replicated level's subdomains far from
-    # this process's block, say) are left out rather than padded: they would contribute nothing.
-    rows = torch.unique(sub)
-    if rows.numel() < held.numel():
-        position = torch.full((held.numel(),), -1, dtype=torch.int64)
-        position[rows] = torch.arange(rows.numel())
-        sub = position[sub]
-        layout_ids, layout_rows = held[rows], rows
-    else:
-        layout_ids, layout_rows = held, None
-    n_held = layout_ids.numel()
+    # Rows: each subdomain's points in order, cut into chunks of P slots. Held subdomains that
+    # cover none of these points (a replicated level's far-away ones, say) get no row at all.
     order = torch.argsort(sub * (n + 1) + points)
     points, t, w_hat, sub = points[order], t[order], w_hat[order], sub[order]
-    counts = torch.bincount(sub, minlength=n_held)
-    slots = int(counts.max()) if counts.numel() and points.numel() else 1
-    slot = torch.arange(points.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    counts = torch.bincount(sub, minlength=held.numel())
+    fullest = int(counts.max()) if counts.numel() else 0
+    slots = row_length(counts) if slots is None else max(1, min(int(slots), fullest))  # longer rows only pad
+    rank_in_sub = torch.arange(points.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    rows_per_sub = (counts + slots - 1) // slots
+    first_row = torch.cumsum(rows_per_sub, 0) - rows_per_sub
+    row = first_row[sub] + rank_in_sub // slots
+    slot = rank_in_sub % slots
+    param_rows = torch.repeat_interleave(torch.arange(held.numel()), rows_per_sub)  # [S]
+    n_rows = param_rows.numel()
+    layout_rows = None if n_rows == held.numel() and bool((rows_per_sub == 1).all()) else param_rows
+    layout_ids = held[param_rows]
 
-    point_index = torch.full((n_held, slots), n, dtype=torch.int64)
-    point_index[sub, slot] = points
-    x_norm = torch.zeros(n_held, level.dim, slots, dtype=torch.float64)
-    x_norm[sub, :, slot] = t
-    product = torch.zeros(n_held, slots, len(spec), len(spec), dtype=torch.float64)
-    product[sub, slot] = product_matrix(w_hat, spec)
+    point_index = torch.full((n_rows, slots), n, dtype=torch.int64)
+    point_index[row, slot] = points
+    x_norm = torch.zeros(n_rows, level.dim, slots, dtype=torch.float64)
+    x_norm[row, :, slot] = t
+    product = torch.zeros(n_rows, slots, len(spec), len(spec), dtype=torch.float64)
+    product[row, slot] = product_matrix(w_hat, spec)
     inv_half_width = 2 / torch.as_tensor(level.subdomain_widths(layout_ids.numpy()))
     return LevelCoverage(
         subdomain_ids=layout_ids,
@@ -204,6 +211,25 @@ def cover_level(
         n_points=n,
         n_pairs=int(points.numel()),
     )
+
+
+_ROW_OVERHEAD_SLOTS = 16
+"""The fixed cost of a row in the batched MLP, in slots: it keeps rows from getting short."""
+
+
+def row_length(counts: Tensor) -> int:
+    """Slots per row P for subdomains with ``counts`` points ([S] int): the P minimising
+    Σ_s ceil(c_s / P) · (P + overhead) among max(c)/k, k = 1…16 (one row for the fullest
+    subdomain down to sixteen) and the counts themselves (so that those need no padding)."""
+    counts = counts[counts > 0]
+    if counts.numel() == 0:
+        return 1
+    c_max = int(counts.max())
+    candidates = {-(-c_max // k) for k in range(1, 17)} | set(counts.unique().tolist())
+    candidates = torch.tensor(sorted(candidates))
+    rows = (counts[None, :] + candidates[:, None] - 1) // candidates[:, None]  # [n_candidates, S]
+    cost = (rows * (candidates[:, None] + _ROW_OVERHEAD_SLOTS)).sum(1)
+    return int(candidates[int(torch.argmin(cost))])
 
 
 def _window_jets(window: Window, t: Tensor, half: Tensor, spec: JetSpec, single: list[bool]) -> Tensor:

@@ -118,10 +118,10 @@ def _plot_decomposition(plt, run_dir: Path, target: Path) -> Path:
         if dim == 1:
             x = np.linspace(dec.domain.lo[0], dec.domain.hi[0], 800)[:, None]
             cov = cover_level(level, torch.from_numpy(x), exp.window, spec)
-            for j in range(cov.subdomain_ids.numel()):
+            for j, sid in enumerate(cov.subdomain_ids.tolist()):  # a subdomain may span several rows
                 real = cov.point_index[j] < x.shape[0]
                 xs = x[cov.point_index[j][real].numpy(), 0]
-                ax.plot(xs, cov.window[j, 0][real].numpy(), lw=0.8)
+                ax.plot(xs, cov.window[j, 0][real].numpy(), lw=0.8, color=f"C{sid % 10}")
             ax.set_xlabel(names[0])
             ax.set_ylabel("normalised window")
         else:

@@ -76,6 +76,8 @@ class Trainer:
         self.progress = Progress(exp.total_steps, self.is_root and not quiet)
         self.compile_seconds = 0.0
         self._compile_pending = False
+        self.step_mode = "eager"
+        """How the step runs: "eager", "compiled", or "eager (torch.compile failed)"."""
         self.local_terms = self._choose_step_function()
         """``local_terms(batch)``: this process's contributions to each loss term, [n_terms]."""
         # Rank 0 writes replicated levels; every rank writes its own subdomains of partitioned ones.
@@ -185,10 +187,12 @@ class Trainer:
             try:
                 out = compiled(batch)
                 state["fn"] = compiled
+                self.step_mode = "compiled"
             except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
                 self.progress.message(f"torch.compile failed ({type(err).__name__}: {err}); continuing in eager mode")
                 out = local_terms(batch)
                 state["fn"] = local_terms
+                self.step_mode = "eager (torch.compile failed)"
             return out
 
         self._compile_pending = True
@@ -308,6 +312,7 @@ class Trainer:
             "errors": errors.as_dict() if errors else None,
             "train_seconds": seconds,
             "compile_seconds": self.compile_seconds,
+            "step_mode": self.step_mode,
             "world_size": self.comm.world_size,
             "layout": self.layout.describe(),
             "decomposition": self.exp.decomposition.describe(),

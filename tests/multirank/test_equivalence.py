@@ -121,3 +121,13 @@ def test_n_ranks_equal_one_rank(tmp_path, reference, case, n, launcher, comm, dt
     launch(n, "equivalence", cfg, tmp_path, launcher=launcher)
     tol = 1e-10 if dtype == "float64" else 1e-5
     assert_equivalent(reference(case, dtype), results(tmp_path), tol)
+
+
+def test_compiled_two_ranks_equal_eager_one_rank(tmp_path, reference):
+    """torch.compile keeps the halo exchange inside the graph (a custom operator and its adjoint):
+    the compiled 2-rank run matches the eager 1-rank one."""
+    cfg = config("poisson2d", "float64")
+    cfg["train"]["compile"] = "on"
+    launch(2, "equivalence", cfg, tmp_path, launcher="torchrun")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["step_mode"] == "compiled"
+    assert_equivalent(reference("poisson2d", "float64"), results(tmp_path), 1e-9)

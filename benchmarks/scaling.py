@@ -3,7 +3,7 @@ and a plot.
 
     python benchmarks/scaling.py                       # P4 L=5, ranks 1 and 2 (this 2-core CPU)
     python benchmarks/scaling.py --ranks 1 2 4 8       # on a bigger machine (or 4 for correctness only here)
-    python benchmarks/scaling.py --launcher mpiexec --set parallel.comm=mpi
+    python benchmarks/scaling.py --launcher mpiexec        # messages through MPI (parallel.comm: auto)
 
 Every rank uses one thread (``--threads``), so R ranks use R cores: weak scaling keeps the
 collocation points per rank fixed (the grid grows with the process grid: 80·g_x × 80·g_y for

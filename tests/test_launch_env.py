@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
 import torch
 
-from ddpinn.parallel.env import LaunchError, LaunchMethod, detect_env, first_slurm_host
+from ddpinn.parallel.env import DistEnv, LaunchError, LaunchMethod, detect_env, first_slurm_host
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
             "MASTER_ADDR": "node7", "MASTER_PORT": "29500"}
@@ -68,3 +69,17 @@ def test_threads_follow_config_then_omp_num_threads_then_cores_per_local_rank(mo
         assert set_threads(None, 4 * cores) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_comm_auto_uses_mpi_for_cpu_ranks_that_mpi_launched():
+    from ddpinn.parallel.backends import resolve_comm
+
+    mpi = DistEnv(0, 2, 0, 2, LaunchMethod.MPI)
+    torchrun = DistEnv(0, 2, 0, 2, LaunchMethod.ENV)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    have_mpi4py = importlib.util.find_spec("mpi4py") is not None
+    assert resolve_comm("auto", mpi, cpu) == ("mpi" if have_mpi4py else "torch")
+    assert resolve_comm("auto", mpi, gpu) == "torch"
+    assert resolve_comm("auto", torchrun, cpu) == "torch"
+    assert resolve_comm("torch", mpi, cpu) == "torch"
+    assert resolve_comm("mpi", torchrun, cpu) == "mpi"

@@ -189,8 +189,21 @@ class MpiComm(Communicator):
             self.world.Abort(4)
 
 
+def resolve_comm(choice: str, env: DistEnv, device: torch.device) -> str:
+    """``parallel.comm`` with ``auto`` resolved: mpi4py for CPU ranks that MPI launched, if installed."""
+    if choice != "auto":
+        return choice
+    if env.method is not LaunchMethod.MPI or device.type != "cpu":
+        return "torch"
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "mpi"
+
+
 def open_communicator(env: DistEnv, cfg: ParallelConfig, device: torch.device) -> Communicator:
-    if cfg.comm == "mpi":
+    if resolve_comm(cfg.comm, env, device) == "mpi":
         if device.type != "cpu":
             raise CommError("parallel.comm=mpi moves tensors through host memory; use comm: torch (NCCL) on GPUs")
         return MpiComm(env, device, cfg.timeout_s)

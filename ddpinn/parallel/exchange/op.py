@@ -42,12 +42,10 @@ def _register(comm: Communicator) -> int:
 
 
 def _rows(plan: ExchangePlan) -> tuple[list[int], list[Tensor], list[Tensor]]:
-    """The plan as operator arguments: neighbours, and per neighbour its halo and owned rows."""
+    """The plan as operator arguments: neighbours, and per neighbour its halo and owned rows
+    (both maps of a plan list every neighbour)."""
     neighbours = plan.neighbours
-    empty = torch.zeros(0, dtype=torch.int64)
-    halo = [plan.halo_rows.get(q, empty) for q in neighbours]
-    owned = [plan.owned_rows.get(q, empty) for q in neighbours]
-    return neighbours, halo, owned
+    return neighbours, [plan.halo_rows[q] for q in neighbours], [plan.owned_rows[q] for q in neighbours]
 
 
 def _reduce(partial: Tensor, n_own: int, neighbours: Sequence[int], halo: Sequence[Tensor], owned: Sequence[Tensor],

@@ -49,7 +49,8 @@ def worker(case: str, mode: str, steps: int, threads: int | None) -> dict:
     overrides = [f"train.compile={'on' if mode == 'compiled' else 'off'}"] + ([f"run.threads={threads}"] if threads else [])
     cfg, base = _load(str(ROOT / config), overrides)
     exp = build_experiment(cfg, base)
-    with open_session(cfg) as (_, comm, device), tempfile.TemporaryDirectory() as tmp:
+    with open_session(cfg) as session, tempfile.TemporaryDirectory() as tmp:
+        comm, device = session.comm, session.device
         trainer = Trainer(exp, comm=comm, layout=make_layout(exp, 1), device=device, run_dir=Path(tmp), quiet=True)
         batch = trainer.batches.training_batch(0)
         trainer.train_step(0, batch)

@@ -39,7 +39,8 @@ def sync(device: torch.device) -> None:
 def profile(config: str, overrides: list[str], steps: int, warmup: int) -> dict | None:
     cfg, base = _load(config, overrides)
     exp = build_experiment(cfg, base)
-    with open_session(cfg) as (env, raw_comm, device):
+    with open_session(cfg) as session:
+        raw_comm, device = session.comm, session.device
         comm = InstrumentedComm(raw_comm)
         layout = make_layout(exp, comm.world_size)
         t_setup = time.perf_counter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +21,16 @@ from ddpinn.parallel.layout import ParallelLayout
 from ddpinn.perf import set_threads, tune_cpu_allocator
 from ddpinn.train.trainer import Trainer, TrainingResult
 
-__all__ = ["run_training", "evaluate_run", "open_session", "make_layout"]
+__all__ = ["Session", "run_training", "evaluate_run", "open_session", "make_layout"]
+
+
+@dataclass(frozen=True)
+class Session:
+    """This process's place in the job: how it was launched, its communicator and its device."""
+
+    env: DistEnv
+    comm: Communicator
+    device: torch.device
 
 
 def make_layout(exp: Experiment, world_size: int) -> ParallelLayout:
@@ -33,7 +43,7 @@ def make_layout(exp: Experiment, world_size: int) -> ParallelLayout:
 
 
 @contextlib.contextmanager
-def open_session(cfg: Config) -> Iterator[tuple[DistEnv, Communicator, torch.device]]:
+def open_session(cfg: Config) -> Iterator[Session]:
     """Detect the launcher, open the communicator and pick the device; always closes."""
     env = detect_env(cfg.parallel.launcher)
     device = resolve_device(cfg.run.device, env.local_rank)
@@ -47,14 +57,15 @@ def open_session(cfg: Config) -> Iterator[tuple[DistEnv, Communicator, torch.dev
 
         comm = open_communicator(env, cfg.parallel, device)
     try:
-        yield env, comm, device
+        yield Session(env=env, comm=comm, device=device)
     finally:
         comm.close()
 
 
 def run_training(cfg: Config, *, base_dir: Path | None = None, resume: bool = False, quiet: bool = False) -> TrainingResult:
     exp = build_experiment(cfg, base_dir)
-    with open_session(cfg) as (_, comm, device):
+    with open_session(cfg) as session:
+        comm, device = session.comm, session.device
         layout = make_layout(exp, comm.world_size)
         if comm.rank == 0 and not quiet:
             print(
@@ -71,7 +82,8 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", [*(overrides or []), f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}"])
     exp = build_experiment(cfg)
-    with open_session(cfg) as (_, comm, device):
+    with open_session(cfg) as session:
+        comm, device = session.comm, session.device
         layout = make_layout(exp, comm.world_size)
         trainer = Trainer(exp, comm=comm, layout=layout, device=device, run_dir=run_dir, quiet=comm.rank != 0)
         from ddpinn.train import checkpoint as ckpt_io

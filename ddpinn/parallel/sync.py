@@ -10,6 +10,7 @@ the same buffer, so a step costs exactly one all-reduce.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -18,7 +19,17 @@ from ddpinn.model.fbpinn import FBPINN
 from ddpinn.parallel.comm import Communicator
 from ddpinn.parallel.layout import ParallelLayout
 
-__all__ = ["GradientSync"]
+__all__ = ["GradientSync", "SyncResult"]
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one step's all-reduce gives back (the replicated gradients are reduced in place)."""
+
+    terms: Tensor
+    """The global loss terms: [n_terms]."""
+    grad_norm: Tensor | None
+    """The global gradient norm, a 0-d tensor, when asked for (gradient clipping); else None."""
 
 
 class GradientSync:
@@ -37,9 +48,9 @@ class GradientSync:
         self.replicated = [p for p, r in zip(self.params, self.replicated_mask) if r]
         self.partitioned = [p for p, r in zip(self.params, self.replicated_mask) if not r]
 
-    def reduce(self, scalars: Tensor, with_norm: bool = False) -> tuple[Tensor, Tensor | None]:
-        """All-reduce replicated gradients (in place) and ``scalars`` ([k]); returns the global
-        scalars and, if ``with_norm``, the global gradient norm."""
+    def reduce(self, scalars: Tensor, with_norm: bool = False) -> SyncResult:
+        """All-reduce replicated gradients (in place) and the loss terms ``scalars`` ([k]); the
+        global gradient norm too if ``with_norm``."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.replicated]
         partitioned_sq = None
         if with_norm:
@@ -63,7 +74,7 @@ class GradientSync:
         if with_norm:
             replicated_sq = sum((p.grad.detach() ** 2).sum() for p in self.replicated if p.grad is not None)
             norm = (part_sq.sum() + replicated_sq).sqrt()
-        return total_scalars, norm
+        return SyncResult(terms=total_scalars, grad_norm=norm)
 
     def dot(self, a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
         """Global inner product of two parameter-shaped vectors (replicated entries counted once)."""

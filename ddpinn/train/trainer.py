@@ -113,7 +113,7 @@ class Trainer:
                 self.save(step, epoch)
         train_seconds = time.perf_counter() - t_start
         if terms is None:  # a complete checkpoint without a summary (stopped while finishing)
-            terms = self.sync.reduce(self.local_terms(batch).detach())[0]
+            terms = self.sync.reduce(self.local_terms(batch).detach()).terms
             errors = self.evaluate(test)
         self._finish(test, errors, step, float(terms.sum()), train_seconds)
         return TrainingResult(step, float(terms.sum()), errors, train_seconds, self.compile_seconds)
@@ -141,11 +141,12 @@ class Trainer:
         local = self.local_terms(batch)
         local.sum().backward()
         clip = self.cfg.optimizer.clip_norm
-        terms, norm = self.sync.reduce(local.detach(), with_norm=clip is not None)
+        synced = self.sync.reduce(local.detach(), with_norm=clip is not None)
+        terms = synced.terms
         # Before the update, so that a non-finite loss never reaches the parameters.
         self._check_finite(terms, step + 1)
         if clip is not None:
-            factor = torch.clamp(clip / (norm + 1e-12), max=1.0)
+            factor = torch.clamp(clip / (synced.grad_norm + 1e-12), max=1.0)
             for p in self.sync.params:
                 if p.grad is not None:
                     p.grad.mul_(factor)
@@ -159,7 +160,7 @@ class Trainer:
             self.adam.zero_grad(set_to_none=True)
             local = self.local_terms(batch)
             local.sum().backward()
-            terms, _ = self.sync.reduce(local.detach())
+            terms = self.sync.reduce(local.detach()).terms
             last[:] = [terms]
             return float(terms.sum())
 

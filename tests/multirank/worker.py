@@ -54,14 +54,15 @@ def main() -> None:
     data.setdefault("run", {}).update(output_dir=str(out_dir), name="run")
     cfg = load_config(data=data)
     exp = build_experiment(cfg)
-    with open_session(cfg) as (_, comm, device):
+    with open_session(cfg) as session:
+        comm, device = session.comm, session.device
         layout = make_layout(exp, comm.world_size)
         trainer = Trainer(exp, comm=comm, layout=layout, device=device, run_dir=cfg.run_dir, quiet=True)
         if mode == "equivalence":
             batch = trainer.batches.training_batch(0)
             local = trainer.local_terms(batch)
             local.sum().backward()
-            terms, _ = trainer.sync.reduce(local.detach())
+            terms = trainer.sync.reduce(local.detach()).terms
             grads = gather_gradients(trainer, layout, comm)
             if comm.rank == 0:
                 out_dir.mkdir(parents=True, exist_ok=True)

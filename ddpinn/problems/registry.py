@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import importlib.util
 import sys
+import traceback
 import typing
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,11 @@ def problem_class(name: str, base_dir: Path | None = None) -> type[Problem]:
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:  # noqa: BLE001 - a user's file may fail in any way; report where
+            del sys.modules[mod_name]
+            raise ProblemError(f"problem.name: {_where_it_failed(err, path)}") from None
     else:
         try:
             module = importlib.import_module(where)
@@ -76,6 +81,20 @@ def problem_class(name: str, base_dir: Path | None = None) -> type[Problem]:
     if not (isinstance(cls, type) and issubclass(cls, Problem)):
         raise ProblemError(f"problem.name: {cls_name!r} in {where!r} is not a ddpinn Problem subclass")
     return cls
+
+
+def _where_it_failed(err: BaseException, path: Path) -> str:
+    """``file:line: what`` for an error raised while importing the user's ``path``, with the
+    offending source line; the traceback through ddpinn and importlib says nothing more."""
+    if isinstance(err, SyntaxError):
+        line, text, what = err.lineno, err.text, f"syntax error: {err.msg}"
+    else:
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+        line = frames[-1].lineno if frames else None
+        text = frames[-1].line if frames else None
+        what = f"{type(err).__name__}: {err}"
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {what}" + (f"\n    {text.strip()}" if text and text.strip() else "")
 
 
 def make_problem(name: str, params: dict[str, Any] | None = None, base_dir: Path | None = None) -> Problem:

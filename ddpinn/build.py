@@ -184,6 +184,26 @@ class Experiment:
 
         return grid_shape(self.decomposition.domain, self.cfg.sampling.test_n)
 
+    def describe_points(self) -> str:
+        """The collocation and test points as they will be, e.g. ``collocation 8x8 grid (64 points)``;
+        says so when an integer total had to be rounded to fill a grid, so that a count given as a
+        total is never silently changed."""
+        from ddpinn.sampling import grid_shape
+
+        s, domain = self.cfg.sampling, self.decomposition.domain
+
+        def grid(field: str, n: int | list[int]) -> str:
+            shape = grid_shape(domain, n)
+            total = int(np.prod(shape))
+            text = f"{'x'.join(map(str, shape))} grid ({total} points)"
+            if isinstance(n, int) and total != n:
+                text += (f" [sampling.{field} = {n} is a total, rounded to a grid in proportion to the axis lengths; "
+                         f"give points per axis, e.g. {field}: {list(shape)}, for exact counts]")
+            return text
+
+        collocation = grid("n", s.n) if s.method == SamplingMethod.GRID else f"{self.collocation_count} {s.method} points"
+        return f"collocation {collocation}; test {grid('test_n', s.test_n)}"
+
 
 def build_experiment(cfg: Config, base_dir: Path | None = None) -> Experiment:
     """Resolve and cross-check the config: problem, decomposition (coverage), networks, points."""

@@ -187,11 +187,14 @@ class SamplingConfig:
     method: str = "grid"
     """Collocation points: ``grid``, ``uniform`` (per cell), ``sobol`` or ``halton``."""
     n: int | list[int] = 1000
-    """Collocation points: a total, or points per axis (``grid``)."""
+    """Collocation points: a list gives points per axis (``[40, 40]``: 1,600 points); an integer is
+    the total, which ``grid`` spreads over the axes in proportion to their lengths and rounds
+    (``60`` on the unit square: an 8x8 grid, 64 points; the start-up line and ``ddpinn check``
+    show the grid)."""
     resample_every: int = 0
     """Draw new collocation points every this many steps (0: never; not for ``grid``)."""
     test_n: int | list[int] = 1000
-    """Test grid: a total, or points per axis."""
+    """Test grid: points per axis (a list), or a total rounded to a grid as for ``n``."""
 
     def __post_init__(self) -> None:
         _choice("sampling.method", self.method, ("grid", "uniform", "sobol", "halton"))

@@ -10,7 +10,7 @@ import torch
 from ddpinn.geometry import Box
 from ddpinn.jets import D
 from ddpinn.problems.base import HardConstraint, Problem, ProblemError
-from ddpinn.problems.library.poisson import box_bubble
+from ddpinn.problems.ansatz import box_bubble
 from ddpinn.problems.reference import helmholtz_fd
 from ddpinn.problems.registry import register
 

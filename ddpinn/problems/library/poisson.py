@@ -9,16 +9,9 @@ import torch
 
 from ddpinn.geometry import Box
 from ddpinn.jets import D
+from ddpinn.problems.ansatz import box_bubble
 from ddpinn.problems.base import HardConstraint, Problem, ProblemError
 from ddpinn.problems.registry import register
-
-
-def box_bubble(x: torch.Tensor, sharpness: float, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
-    """Π_a tanh((x_a - lo)/s) tanh((hi - x_a)/s): vanishes on the box boundary, ≈1 inside. [n]."""
-    out = torch.ones_like(x[:, 0])
-    for a in range(x.shape[1]):
-        out = out * torch.tanh((x[:, a] - lo) / sharpness) * torch.tanh((hi - x[:, a]) / sharpness)
-    return out
 
 
 @register("poisson2d")

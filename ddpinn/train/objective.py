@@ -17,9 +17,10 @@ from ddpinn.problems.base import Derivatives, Problem
 __all__ = ["Objective"]
 
 
-def _sum_of_squares(residual: Tensor | tuple[Tensor, ...]) -> Tensor:
+def _squared_norm(residual: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """Per-point squared residual, summed over the residual's components: [n]."""
     parts = residual if isinstance(residual, (tuple, list)) else (residual,)
-    return sum((r * r).sum() for r in parts)
+    return sum(r.reshape(r.shape[0], -1).square().sum(dim=1) for r in parts)
 
 
 class Objective:
@@ -31,20 +32,27 @@ class Objective:
         self.names = ["pde", *self.constraints]
         self.derivative_names = problem.derivative_names(spec)
 
-    def terms(self, u: Tensor, batch: EvaluationBatch) -> Tensor:
-        """Local contributions to each term: [n_terms]. ``u``: [n_own, J, n_out] jets at own points."""
-        out = []
+    def weight(self, name: str) -> float:
+        return 1.0 if name == "pde" else self.constraints[name].weight
+
+    def squared_residuals(self, u: Tensor, batch: EvaluationBatch) -> dict[str, Tensor]:
+        """Each term's squared residual at this process's own points of that term, unweighted:
+        name -> [n_own_points_of_term]. ``u``: [n_own, J, n_out] jets at own points."""
+        out = {}
         for name in self.names:
             rows = batch.groups[name]
-            count = batch.global_counts[name]
-            if rows.stop == rows.start or count == 0:
-                out.append(u.new_zeros(()))
+            if rows.stop == rows.start:  # a rank may hold none of a term's points: user code never sees empty input
+                out[name] = u.new_zeros((0,))
                 continue
             x, d = batch.x[rows], Derivatives(u[rows], self.derivative_names, batch.data.get(name))
-            if name == "pde":
-                residual, weight = self.problem.residual(x, d), 1.0
-            else:
-                constraint = self.constraints[name]
-                residual, weight = constraint.residual(x, d), constraint.weight
-            out.append(_sum_of_squares(residual) * (weight / count))
+            residual = self.problem.residual(x, d) if name == "pde" else self.constraints[name].residual(x, d)
+            out[name] = _squared_norm(residual)
+        return out
+
+    def terms(self, u: Tensor, batch: EvaluationBatch) -> Tensor:
+        """Local contributions to each term, ``weight · Σ_own r² / N_global``: [n_terms]."""
+        out = []
+        for name, squared in self.squared_residuals(u, batch).items():
+            count = batch.global_counts[name]
+            out.append(squared.sum() * (self.weight(name) / count) if count and squared.numel() else u.new_zeros(()))
         return torch.stack(out)

@@ -165,9 +165,10 @@ class SeedRun:
 
 
 def run_name(run: Run, quick: bool) -> str:
-    """The config stem, plus the variant's label for variants (their runs need directories of their own)."""
+    """The config stem, plus the variant's label for a variant made by overrides of a config that
+    another run of the case uses too (its runs need directories of their own)."""
     stem = f"{run.config}_quick" if quick else run.config
-    if run.method in ("FBPINN", "PINN"):
+    if run.method in ("FBPINN", "PINN") or not run.overrides:
         return stem
     return f"{stem}_{re.sub(r'[^a-z0-9]+', '_', run.method.lower()).strip('_')}"
 

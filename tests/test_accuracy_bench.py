@@ -30,13 +30,17 @@ def bench():
 
 
 def test_every_benchmark_config_loads_and_evaluates_its_target_steps(bench, tmp_path):
+    run_dirs = []
     for case in bench.CASES:
         for run in case.runs:
-            cfg, path = bench.make_config(run, 0, quick=False, out=tmp_path, threads=1)
-            bench.check_target_steps(cfg, run, path)  # SystemExit if a target step is never evaluated
-            assert cfg.run.seed == 0 and cfg.run.threads == 1
-            if run.quick is not None:
-                bench.make_config(run, 0, quick=True, out=tmp_path, threads=1)
+            for seed in (0, 1):
+                cfg, path = bench.make_config(run, seed, quick=False, out=tmp_path, threads=1)
+                bench.check_target_steps(cfg, run, path)  # SystemExit if a target step is never evaluated
+                assert cfg.run.seed == seed and cfg.run.threads == 1
+                run_dirs.append(cfg.run_dir)
+                if run.quick is not None:
+                    run_dirs.append(bench.make_config(run, seed, quick=True, out=tmp_path, threads=1)[0].run_dir)
+    assert len(set(run_dirs)) == len(run_dirs)  # every (run, seed, mode) trains in a directory of its own
 
 
 def _p3_problem(name: str):

@@ -1,7 +1,8 @@
 """The ``ddpinn`` command line.
 
     ddpinn train CONFIG [--set key=value ...]     train (any launcher: python, torchrun, mpiexec, srun)
-    ddpinn train --resume RUN_DIR [--set ...]     continue from RUN_DIR/checkpoint.h5
+    ddpinn train CONFIG --overwrite               train again into a run directory that holds a run
+    ddpinn train --resume RUN_DIR [--set ...]     continue from RUN_DIR/checkpoint.h5 (or .prev.h5)
     ddpinn eval RUN_DIR                           recompute the test errors from the checkpoint
     ddpinn plot RUN_DIR                           redraw RUN_DIR/plots/*.png
     ddpinn check CONFIG [--set ...] [--ranks N]   validate a config and describe the run, no training
@@ -30,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=2000 (repeatable)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start again in a run directory that already holds a run: first delete the files ddpinn "
+                        "wrote there (checkpoints, metrics, summary, results, plots, config.yaml)")
     t.add_argument("--quiet", action="store_true", help="no progress lines")
 
     e = sub.add_parser("eval", help="recompute test errors from a run's checkpoint")
@@ -62,13 +66,13 @@ def _train(args) -> int:
     from ddpinn.session import run_training
 
     if args.resume:
-        if args.config:
-            raise SystemExit("ddpinn train: give either CONFIG or --resume RUN_DIR, not both")
+        if args.config or args.overwrite:
+            raise SystemExit("ddpinn train: --resume RUN_DIR continues a run; it takes no CONFIG and no --overwrite")
         run_dir = Path(args.resume)
-        if not (run_dir / "checkpoint.h5").exists():
+        if not any((run_dir / name).exists() for name in ("checkpoint.h5", "checkpoint.prev.h5")):
             from ddpinn.config import ConfigError
 
-            raise ConfigError(f"--resume: {run_dir / 'checkpoint.h5'} does not exist")
+            raise ConfigError(f"--resume: {run_dir / 'checkpoint.h5'} does not exist (nor checkpoint.prev.h5)")
         cfg = load_config(
             run_dir / "config.yaml",
             [*args.overrides, f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}"],
@@ -78,7 +82,7 @@ def _train(args) -> int:
     if not args.config:
         raise SystemExit("ddpinn train: give a CONFIG file or --resume RUN_DIR")
     cfg, base = _load(args.config, args.overrides)
-    run_training(cfg, base_dir=base, quiet=args.quiet)
+    run_training(cfg, base_dir=base, overwrite=args.overwrite, quiet=args.quiet)
     return 0
 
 

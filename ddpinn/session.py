@@ -7,6 +7,7 @@ Defines :func:`run_training` and :func:`evaluate_run`, used by the CLI and the t
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,13 @@ import torch
 
 from ddpinn.build import Experiment, build_experiment, resolve_device
 from ddpinn.config import Config, load_config
+from ddpinn.io.rundir import check_run_directory, clear_run
 from ddpinn.parallel.comm import Communicator, LocalComm
 from ddpinn.parallel.env import DistEnv, detect_env
 from ddpinn.parallel.layout import ParallelLayout
 from ddpinn.perf import set_threads, tune_cpu_allocator
+from ddpinn.train import checkpoint as ckpt_io
+from ddpinn.train.resume import check_same_model, find_resume_point
 from ddpinn.train.trainer import Trainer, TrainingResult
 
 __all__ = ["Session", "run_training", "evaluate_run", "open_session", "make_layout"]
@@ -62,10 +66,22 @@ def open_session(cfg: Config) -> Iterator[Session]:
         comm.close()
 
 
-def run_training(cfg: Config, *, base_dir: Path | None = None, resume: bool = False, quiet: bool = False) -> TrainingResult:
+def run_training(
+    cfg: Config, *, base_dir: Path | None = None, resume: bool = False, overwrite: bool = False, quiet: bool = False
+) -> TrainingResult:
+    """Train ``cfg`` into ``cfg.run_dir``: a new run (refused if the directory already holds one,
+    unless ``overwrite``, which deletes the old run's files once the model is built), or, with
+    ``resume``, the run continued from its checkpoint (refused if ``cfg`` defines another model)."""
+    # The cheap checks first, on every rank, before any model building.
+    check_run_directory(cfg.run.output_dir, cfg.run.name, resume=resume, overwrite=overwrite)
+    if resume:
+        check_same_model(find_resume_point(cfg.run_dir).checkpoint, cfg, f"--resume {cfg.run_dir}")
     exp = build_experiment(cfg, base_dir)
     with open_session(cfg) as session:
         comm, device = session.comm, session.device
+        if overwrite and comm.rank == 0:
+            # Every rank has passed its checks (opening the session waits for all of them).
+            clear_run(cfg.run_dir)
         layout = make_layout(exp, comm.world_size)
         if comm.rank == 0 and not quiet:
             print(
@@ -81,15 +97,17 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
     """Reload a run's checkpoint and recompute its test errors (and results.h5, plots)."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", [*(overrides or []), f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}"])
+    # The same choice of checkpoint as --resume: the previous one, with a warning, if the latest is damaged.
+    point = find_resume_point(run_dir)
+    check_same_model(point.checkpoint, cfg, f"ddpinn eval {run_dir}")
     exp = build_experiment(cfg)
     with open_session(cfg) as session:
         comm, device = session.comm, session.device
         layout = make_layout(exp, comm.world_size)
         trainer = Trainer(exp, comm=comm, layout=layout, device=device, run_dir=run_dir, quiet=comm.rank != 0)
-        from ddpinn.train import checkpoint as ckpt_io
-
-        checkpoint = ckpt_io.load_checkpoint(run_dir / "checkpoint.h5")
-        ckpt_io.restore(checkpoint, trainer.param_groups, None)
+        ckpt_io.restore(point.checkpoint, trainer.param_groups, None)
+        if point.note and comm.rank == 0:
+            print(f"ddpinn: warning: {point.note}", file=sys.stderr, flush=True)
         test = trainer.batches.test_set()
         errors = trainer.evaluate(test)
-        return {"step": checkpoint.step, "errors": errors.as_dict() if errors else None}
+        return {"step": point.checkpoint.step, "errors": errors.as_dict() if errors else None}

@@ -1,27 +1,46 @@
-"""HDF5 checkpoints keyed by (level, global subdomain id), whatever the number of processes.
+"""HDF5 checkpoints keyed by parameter name and global subdomain id, whatever the number of
+processes, with a checksum on everything they hold and the previous checkpoint kept.
 
 Layout of ``checkpoint.h5``::
 
-    attrs: format, step, epoch, phase, world_size, config (YAML), written_at
-    level_<l>/<param>                 [n_subdomains, ...] every subdomain's parameters, by global id
+    attrs: format, step, epoch, phase, world_size, adam_step, lbfgs_pairs, config (YAML),
+           written_at, datasets (JSON list of every dataset key), attr_sha256 (JSON)
+    level_<l>/<param>                          [n_subdomains, ...] parameters, rows = global ids
     level_<l>/adam_m/<param>, adam_v/<param>   Adam moments, same shape
     level_<l>/lbfgs_s<k>/<param>, lbfgs_y<k>/<param>   L-BFGS correction pairs (if any)
-    problem/<name>, problem/adam_m/<name>, ...        trainable problem parameters, shape [1]
-    adam attrs: step                  Adam's step count
+    problem/<name>, problem/adam_m/<name>, ...         trainable problem parameters, shape [1]
+    every dataset: attr sha256
 
-``<param>`` is ``W<k>``/``b<k>`` of layer k; ``<l>`` counts levels from 1. Each process
-contributes the rows of the subdomains it owns (rank 0 alone for replicated levels); rank 0
-writes the file atomically (temporary file, fsync, rename), so a crash mid-write leaves the
-previous checkpoint intact. Loading picks the rows of the subdomains a process holds, so a
-checkpoint written by R processes resumes on any other number.
+A parameter's *name* is ``level_<l>/W<k>`` / ``level_<l>/b<k>`` (layer k, levels counted from 1)
+or ``problem/<name>``; its optimiser state lives under ``<group>/<state>/<leaf>``
+(:class:`ArrayKey`). Adam and L-BFGS state are matched to parameters by these names.
+
+Integrity: each dataset carries the SHA-256 of its key, dtype, shape and bytes; the root
+attributes carry one digest each (``attr_sha256``), and ``datasets`` lists what must be there.
+:func:`load_checkpoint` checks all of it before returning anything, so a flipped byte in a
+weight, in Adam state, in ``step`` or in ``config`` is a :class:`CheckpointError` naming the
+file and the dataset or attribute; so is a truncated file or damaged HDF5 structure (the file
+is written with HDF5's newest format, whose own metadata is checksummed too).
+
+Writing: each process contributes the rows of the subdomains it owns (rank 0 alone the
+replicated levels); rank 0 writes a temporary file, fsyncs it, reads it back through
+:func:`load_checkpoint`, keeps the current ``checkpoint.h5`` as ``checkpoint.prev.h5`` (only if
+it verifies; a damaged one is kept aside as ``checkpoint.damaged.h5``, never overwritten) and
+renames the new file into place. Loading picks the rows of the subdomains a process holds, so a
+checkpoint written by R processes resumes on any other number. Used by the trainer, the resume
+logic (:mod:`ddpinn.train.resume`) and ``ddpinn eval``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -29,15 +48,73 @@ import torch
 
 from ddpinn.model.fbpinn import FBPINN
 from ddpinn.parallel.comm import Communicator
-from ddpinn.train.lbfgs import LBFGSState
+from ddpinn.train.lbfgs import CorrectionPair, LBFGSState
 
-__all__ = ["Checkpoint", "CheckpointError", "FORMAT", "ParamGroup", "load_checkpoint", "param_groups", "restore", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "ArrayKey",
+    "Checkpoint",
+    "CheckpointError",
+    "ParamGroup",
+    "damaged_path",
+    "load_checkpoint",
+    "named_parameters",
+    "param_groups",
+    "previous_path",
+    "restore",
+    "save_checkpoint",
+]
 
-FORMAT = "ddpinn-checkpoint-1"
+FORMAT = "ddpinn-checkpoint-2"
+_DIGEST = "sha256"
+_ATTR_DIGESTS = "attr_sha256"
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint that is missing, damaged, or does not fit the model; names the file."""
+
+
+def previous_path(latest: Path) -> Path:
+    """Where the checkpoint before ``latest`` is kept: ``checkpoint.prev.h5``."""
+    latest = Path(latest)
+    return latest.with_name(f"{latest.stem}.prev{latest.suffix}")
+
+
+def damaged_path(latest: Path) -> Path:
+    """Where a damaged ``latest`` is set aside when a new checkpoint replaces it
+    (``checkpoint.damaged.h5``, then ``checkpoint.damaged-2.h5``, ...; never overwritten)."""
+    latest = Path(latest)
+    candidate, n = latest.with_name(f"{latest.stem}.damaged{latest.suffix}"), 1
+    while candidate.exists():
+        n += 1
+        candidate = latest.with_name(f"{latest.stem}.damaged-{n}{latest.suffix}")
+    return candidate
+
+
+# ----------------------------------------------------------------------------- names
+@dataclass(frozen=True)
+class ArrayKey:
+    """A dataset key, split into the parameter it belongs to and what it holds of it."""
+
+    parameter: str
+    """``level_1/W0``, ``problem/mu``, ..."""
+    state: str | None = None
+    """None for the parameter's value, else ``adam_m``, ``adam_v``, ``lbfgs_s<k>`` or ``lbfgs_y<k>``."""
+
+    def __str__(self) -> str:
+        if self.state is None:
+            return self.parameter
+        group, leaf = self.parameter.rsplit("/", 1)
+        return f"{group}/{self.state}/{leaf}"
+
+    @classmethod
+    def parse(cls, key: str) -> ArrayKey:
+        parts = key.split("/")
+        if len(parts) == 2:
+            return cls(key)
+        if len(parts) == 3:
+            return cls(f"{parts[0]}/{parts[2]}", parts[1])
+        raise ValueError(f"{key!r} is not a checkpoint dataset key")
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,60 +124,85 @@ class ParamGroup:
     prefix: str
     ids: np.ndarray
     params: list[tuple[str, torch.nn.Parameter]]
+    """(leaf name, parameter): ``("W0", ...)``; the full name is ``prefix/leaf``."""
     contribute: bool
 
+    def named(self) -> dict[str, torch.nn.Parameter]:
+        return {f"{self.prefix}/{leaf}": p for leaf, p in self.params}
 
-def param_groups(model: FBPINN, trainables: torch.nn.Module | None, owned_levels: list[bool], is_root: bool) -> list[ParamGroup]:
-    """The checkpoint's view of a process's parameters, in optimiser order (model, then problem)."""
-    groups = []
-    for level, net in enumerate(model.nets):
-        named = [(f"W{k}", w) for k, w in enumerate(net.weights)] + [(f"b{k}", b) for k, b in enumerate(net.biases)]
-        groups.append(ParamGroup(f"level_{level + 1}", model.held[level], named, owned_levels[level]))
+
+def _level_params(net: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(f"W{k}", w) for k, w in enumerate(net.weights)] + [(f"b{k}", b) for k, b in enumerate(net.biases)]
+
+
+def param_groups(
+    model: FBPINN, trainables: torch.nn.Module | None, owned_levels: list[bool], is_root: bool
+) -> list[ParamGroup]:
+    """The checkpoint's view of a process's parameters: one group per level, then the problem's."""
+    groups = [
+        ParamGroup(f"level_{level + 1}", model.held[level], _level_params(net), owned_levels[level])
+        for level, net in enumerate(model.nets)
+    ]
     if trainables is not None and len(list(trainables.parameters())):
         groups.append(ParamGroup("problem", np.zeros(1, dtype=np.int64), list(trainables.named_values()), is_root))
     return groups
 
 
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint: metadata and full per-level arrays (rows = global subdomain ids)."""
-
-    step: int
-    epoch: int
-    phase: str
-    world_size: int
-    config: str
-    adam_step: int
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    lbfgs_pairs: int = 0
-
-    def rows(self, key: str, ids: np.ndarray) -> np.ndarray:
-        return self.arrays[key][ids]
+def named_parameters(model: FBPINN, trainables: torch.nn.Module | None) -> dict[str, torch.nn.Parameter]:
+    """Every parameter this process holds, by checkpoint name (``level_1/W0``, ``problem/mu``)."""
+    groups = param_groups(model, trainables, [False] * model.n_levels, False)
+    return {name: p for group in groups for name, p in group.named().items()}
 
 
-def _local_rows(groups: list[ParamGroup], adam: torch.optim.Optimizer | None, lbfgs: LBFGSState | None):
-    """{key: (global ids, rows)} for every array this process contributes."""
+# ----------------------------------------------------------------------------- checksums
+def _array_digest(key: str, data: np.ndarray) -> str:
+    """SHA-256 of a dataset's key, dtype, shape and bytes (so a renamed, retyped or reshaped
+    dataset fails too)."""
+    h = hashlib.sha256(f"{key}|{data.dtype.str}|{data.shape}|".encode())
+    h.update(np.ascontiguousarray(data).tobytes())
+    return h.hexdigest()
+
+
+def _attr_digest(name: str, value: Any) -> str:
+    return hashlib.sha256(f"{name}|{type(value).__name__}|{value}".encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """An attribute as h5py returns it -> the Python value it was written from."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):  # never written so; a damaged file may hold any bytes
+        return value.decode("utf-8", "surrogateescape")
+    return value
+
+
+# ----------------------------------------------------------------------------- saving
+def _local_arrays(groups: list[ParamGroup], adam: torch.optim.Optimizer | None, lbfgs: LBFGSState | None):
+    """{key: (global ids, rows)} for every array this process contributes, keyed by name."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    position = 0
     for group in groups:
-        for name, p in group.params:
-            i, position = position, position + 1
-            if not group.contribute:
-                continue
-
-            def rows(t: torch.Tensor) -> np.ndarray:
-                return t.detach().cpu().numpy().reshape(len(group.ids), *t.shape[1:] if t.dim() else ())
-
-            out[f"{group.prefix}/{name}"] = (group.ids, rows(p))
+        if not group.contribute:
+            continue
+        for name, p in group.named().items():
+            tensors = {ArrayKey(name): p}
             state = adam.state.get(p, {}) if adam is not None else {}
             if "exp_avg" in state:
-                out[f"{group.prefix}/adam_m/{name}"] = (group.ids, rows(state["exp_avg"]))
-                out[f"{group.prefix}/adam_v/{name}"] = (group.ids, rows(state["exp_avg_sq"]))
-            if lbfgs is not None:
-                for k, (s, y) in enumerate(zip(lbfgs.s, lbfgs.y)):
-                    out[f"{group.prefix}/lbfgs_s{k}/{name}"] = (group.ids, rows(s[i]))
-                    out[f"{group.prefix}/lbfgs_y{k}/{name}"] = (group.ids, rows(y[i]))
+                tensors[ArrayKey(name, "adam_m")] = state["exp_avg"]
+                tensors[ArrayKey(name, "adam_v")] = state["exp_avg_sq"]
+            for k, pair in enumerate(lbfgs.pairs if lbfgs is not None else []):
+                tensors[ArrayKey(name, f"lbfgs_s{k}")] = pair.s[name]
+                tensors[ArrayKey(name, f"lbfgs_y{k}")] = pair.y[name]
+            for key, t in tensors.items():
+                # one row per subdomain; a 0-d problem parameter becomes one row of shape [1]
+                rows = t.detach().cpu().numpy().reshape(len(group.ids), *t.shape[1:] if t.dim() else ())
+                out[str(key)] = (group.ids, rows)
     return out
+
+
+def _adam_step(adam: torch.optim.Optimizer | None) -> int:
+    """Adam's step count (the same for every parameter; 0 before the first step)."""
+    state = next(iter(adam.state.values()), None) if adam is not None else None
+    return int(state["step"]) if state else 0
 
 
 def save_checkpoint(
@@ -113,99 +215,237 @@ def save_checkpoint(
     phase: str,
     config_yaml: str,
     adam: torch.optim.Optimizer | None,
-    adam_step: int,
     lbfgs: LBFGSState | None = None,
-) -> None:
-    """Gather every subdomain's state to rank 0 and write ``path`` atomically.
+) -> str | None:
+    """Gather every subdomain's state to rank 0, write ``path`` and keep the checkpoint it
+    replaces as :func:`previous_path`.
 
     ``groups``: from :func:`param_groups`; a process contributes its own subdomains of a
-    partitioned level, rank 0 alone the replicated ones.
+    partitioned level, rank 0 alone the replicated ones. Returns, on rank 0, a note to show
+    the user when the checkpoint being replaced was damaged (it is set aside, not rotated).
     """
-    local = _local_rows(groups, adam, lbfgs)
+    local = _local_arrays(groups, adam, lbfgs)
     gathered = comm.allgather_object(local) if comm.world_size > 1 else [local]
     if comm.rank != 0:
-        return
+        return None
     merged: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for part in gathered:
         for key, piece in part.items():
             merged.setdefault(key, []).append(piece)
+    arrays = {}
+    for key, pieces in merged.items():
+        all_ids = np.concatenate([ids for ids, _ in pieces])
+        order = np.argsort(all_ids)
+        if not np.array_equal(all_ids[order], np.arange(all_ids.size)):
+            raise CheckpointError(f"{key}: subdomain ids from the ranks do not form 0..n-1")
+        arrays[key] = np.concatenate([rows for _, rows in pieces])[order]
+    attrs = {
+        "format": FORMAT,
+        "step": int(step),
+        "epoch": int(epoch),
+        "phase": phase,
+        "world_size": comm.world_size,
+        "adam_step": _adam_step(adam),
+        "lbfgs_pairs": len(lbfgs.pairs) if lbfgs is not None else 0,
+        "config": config_yaml,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "datasets": json.dumps(sorted(arrays)),
+    }
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
-        f.attrs.update(
-            format=FORMAT,
-            step=step,
-            epoch=epoch,
-            phase=phase,
-            world_size=comm.world_size,
-            config=config_yaml,
-            written_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            lbfgs_pairs=len(lbfgs.s) if lbfgs is not None else 0,
-        )
-        f.create_group("adam").attrs["step"] = adam_step
-        for key, pieces in merged.items():
-            all_ids = np.concatenate([ids for ids, _ in pieces])
-            all_rows = np.concatenate([rows for _, rows in pieces])
-            order = np.argsort(all_ids)
-            if not np.array_equal(all_ids[order], np.arange(all_ids.size)):
-                raise CheckpointError(f"{key}: subdomain ids from the ranks do not form 0..n-1")
-            f.create_dataset(key, data=all_rows[order])
-        f.flush()
-    with open(tmp, "rb") as fh:
+    try:
+        _write(tmp, attrs, arrays)
+        load_checkpoint(tmp)  # read back: what lands in place has been verified once
+        note = _keep_current(path)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return note
+
+
+def _write(path: Path, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    with h5py.File(path, "w", libver="latest") as f:
+        for key, data in arrays.items():
+            f.create_dataset(key, data=data).attrs[_DIGEST] = _array_digest(key, data)
+        f.attrs.update(attrs)
+        f.attrs[_ATTR_DIGESTS] = json.dumps({k: _attr_digest(k, v) for k, v in attrs.items()}, sort_keys=True)
+    with open(path, "rb") as fh:
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+
+
+def _keep_current(latest: Path) -> str | None:
+    """Before ``latest`` is replaced: keep it as the previous checkpoint if it verifies, else set
+    it aside under :func:`damaged_path`. ``latest`` stays in place either way (hard link or copy),
+    so there is never a moment without it."""
+    if not latest.exists():
+        return None
+    try:
+        load_checkpoint(latest)
+    except CheckpointError as err:
+        kept = damaged_path(latest)
+        _link_or_copy(latest, kept)
+        return f"{err}; kept it as {kept} and did not make it the previous checkpoint"
+    _link_or_copy(latest, previous_path(latest))
+    return None
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # file systems without hard links
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, target)
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
+# ----------------------------------------------------------------------------- loading
+@dataclass
+class Checkpoint:
+    """A loaded, verified checkpoint: metadata and full arrays (rows = global subdomain ids)."""
+
+    path: Path
+    step: int
+    epoch: int
+    phase: str
+    world_size: int
+    config: str
+    """The run's resolved config (YAML) when the checkpoint was written."""
+    adam_step: int
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    lbfgs_pairs: int = 0
+
+    def rows(self, key: str, ids: np.ndarray) -> np.ndarray:
+        return self.arrays[key][ids]
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
+    """Read and verify ``path``: every attribute and dataset against its checksum, and that the
+    datasets are exactly those listed. Raises :class:`CheckpointError` (file and dataset or
+    attribute named) on any damage; returns nothing partial."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: not a {FORMAT} file (format {f.attrs.get('format')!r})")
-        arrays: dict[str, np.ndarray] = {}
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-        return Checkpoint(
-            step=int(f.attrs["step"]),
-            epoch=int(f.attrs["epoch"]),
-            phase=str(f.attrs["phase"]),
-            world_size=int(f.attrs["world_size"]),
-            config=str(f.attrs["config"]),
-            adam_step=int(f["adam"].attrs["step"]),
-            arrays=arrays,
-            lbfgs_pairs=int(f.attrs.get("lbfgs_pairs", 0)),
+    reading = "the HDF5 file structure"
+    try:
+        with h5py.File(path, "r") as f:
+            reading = "the attributes"
+            attrs = _verified_attributes(f, path)
+            declared = json.loads(attrs["datasets"])
+            present: list[str] = []
+            f.visititems(lambda name, obj: present.append(name) if isinstance(obj, h5py.Dataset) else None)
+            unlisted = sorted(set(present) - set(declared))
+            if unlisted:
+                raise CheckpointError(
+                    f"checkpoint {path} is damaged: dataset {unlisted[0]!r} is not in its list of datasets"
+                )
+            arrays = {}
+            for key in declared:
+                reading = f"dataset {key}"
+                arrays[key] = _verified_dataset(f, key, path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - HDF5 reports damage as OSError, KeyError, ValueError, ...
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or truncated: cannot read {reading} ({type(err).__name__}: {err})"
+        ) from None
+    return Checkpoint(
+        path=path,
+        step=int(attrs["step"]),
+        epoch=int(attrs["epoch"]),
+        phase=str(attrs["phase"]),
+        world_size=int(attrs["world_size"]),
+        config=str(attrs["config"]),
+        adam_step=int(attrs["adam_step"]),
+        arrays=arrays,
+        lbfgs_pairs=int(attrs["lbfgs_pairs"]),
+    )
+
+
+def _verified_attributes(f: h5py.File, path: Path) -> dict[str, Any]:
+    fmt = _plain(f.attrs.get("format"))
+    if fmt != FORMAT:
+        if isinstance(fmt, str) and fmt.startswith("ddpinn-checkpoint-") and fmt.rsplit("-", 1)[1].isdigit():
+            raise CheckpointError(
+                f"checkpoint {path}: format {fmt!r}, expected {FORMAT!r} (checkpoints of other ddpinn versions "
+                "cannot be verified; train the run again)"
+            )
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or not a ddpinn checkpoint: attribute 'format' is {fmt!r}, "
+            f"expected {FORMAT!r}"
         )
+    if _ATTR_DIGESTS not in f.attrs:
+        raise CheckpointError(f"checkpoint {path} is damaged: attribute {_ATTR_DIGESTS} is missing")
+    digests = json.loads(_plain(f.attrs[_ATTR_DIGESTS]))
+    attrs = {name: _plain(value) for name, value in f.attrs.items() if name != _ATTR_DIGESTS}
+    for name in sorted(set(digests) | set(attrs)):
+        if name not in attrs or name not in digests or _attr_digest(name, attrs[name]) != digests[name]:
+            raise CheckpointError(
+                f"checkpoint {path} is damaged: attribute {name!r} does not match its checksum"
+            )
+    return attrs
 
 
+def _verified_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    if key not in f:
+        raise CheckpointError(f"checkpoint {path} is damaged: dataset {key} is missing")
+    dataset = f[key]
+    if dataset.nbytes > path.stat().st_size:  # a damaged shape must not make us allocate terabytes
+        raise CheckpointError(f"checkpoint {path} is damaged: dataset {key} claims {dataset.nbytes} bytes")
+    data = dataset[()]
+    stored = _plain(dataset.attrs.get(_DIGEST))
+    if stored != _array_digest(key, data):
+        raise CheckpointError(f"checkpoint {path} is damaged: dataset {key} does not match its checksum")
+    return data
+
+
+# ----------------------------------------------------------------------------- restoring
 def restore(ckpt: Checkpoint, groups: list[ParamGroup], adam: torch.optim.Optimizer | None) -> LBFGSState:
-    """Load the held parameters and optimiser state of ``groups`` (rows picked by global id)."""
-    lbfgs = LBFGSState(s=[[] for _ in range(ckpt.lbfgs_pairs)], y=[[] for _ in range(ckpt.lbfgs_pairs)])
+    """Load the held parameters and optimiser state of ``groups`` (rows picked by global id,
+    state matched by parameter name). Every array is checked against its parameter first, so a
+    checkpoint that does not fit changes nothing."""
+    values: dict[str, torch.Tensor] = {}
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    pairs = [CorrectionPair(s={}, y={}) for _ in range(ckpt.lbfgs_pairs)]
 
-    def load(key: str, ids: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-        rows = ckpt.rows(key, ids)
+    def load(key: ArrayKey, ids: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        if str(key) not in ckpt.arrays:
+            raise CheckpointError(
+                f"checkpoint {ckpt.path} has no {key}; was it written for another decomposition or problem?"
+            )
+        rows = ckpt.rows(str(key), ids)
         if rows.size != like.numel() or (like.dim() and rows.shape != tuple(like.shape)):
             raise CheckpointError(f"{key}: checkpoint rows {rows.shape} do not fit parameter {tuple(like.shape)}")
         return torch.from_numpy(rows).reshape(like.shape).to(like)
 
+    for group in groups:
+        for name, p in group.named().items():
+            values[name] = load(ArrayKey(name), group.ids, p)
+            if adam is not None and str(ArrayKey(name, "adam_m")) in ckpt.arrays:
+                moments[name] = tuple(load(ArrayKey(name, state), group.ids, p) for state in ("adam_m", "adam_v"))
+            for k, pair in enumerate(pairs):
+                pair.s[name] = load(ArrayKey(name, f"lbfgs_s{k}"), group.ids, p)
+                pair.y[name] = load(ArrayKey(name, f"lbfgs_y{k}"), group.ids, p)
+
     with torch.no_grad():
         for group in groups:
-            for name, p in group.params:
-                key = f"{group.prefix}/{name}"
-                if key not in ckpt.arrays:
-                    raise CheckpointError(f"checkpoint has no {key}; was it written for another decomposition or problem?")
-                p.copy_(load(key, group.ids, p))
-                if adam is not None and f"{group.prefix}/adam_m/{name}" in ckpt.arrays:
+            for name, p in group.named().items():
+                p.copy_(values[name])
+                if name in moments:
                     adam.state[p] = {
                         "step": torch.tensor(float(ckpt.adam_step), dtype=torch.float32, device=p.device),
-                        "exp_avg": load(f"{group.prefix}/adam_m/{name}", group.ids, p),
-                        "exp_avg_sq": load(f"{group.prefix}/adam_v/{name}", group.ids, p),
+                        "exp_avg": moments[name][0],
+                        "exp_avg_sq": moments[name][1],
                     }
-                for k in range(ckpt.lbfgs_pairs):
-                    lbfgs.s[k].append(load(f"{group.prefix}/lbfgs_s{k}/{name}", group.ids, p))
-                    lbfgs.y[k].append(load(f"{group.prefix}/lbfgs_y{k}/{name}", group.ids, p))
-    return lbfgs
+    return LBFGSState(pairs=pairs)

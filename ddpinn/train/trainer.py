@@ -8,6 +8,7 @@ for one process and for many.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from ddpinn.build import Experiment
 from ddpinn.config import to_dict
 from ddpinn.io.outputs import MetricsLog, Progress, format_duration, write_results
+from ddpinn.io.rundir import write_text_atomic
 from ddpinn.model.batch import EvaluationBatch
 from ddpinn.model.trainables import TrainableParameters
 from ddpinn.parallel.batching import BatchFactory, TestSet
@@ -28,8 +30,9 @@ from ddpinn.parallel.parallelize import parallelize_model
 from ddpinn.parallel.sync import GradientSync
 from ddpinn.train import checkpoint as ckpt_io
 from ddpinn.train.evaluation import TestErrors, test_errors
-from ddpinn.train.lbfgs import LBFGS
+from ddpinn.train.lbfgs import LBFGS, dot_by_name
 from ddpinn.train.objective import Objective
+from ddpinn.train.resume import check_same_model, find_resume_point
 from ddpinn.train.schedules import learning_rate
 
 __all__ = ["Trainer", "NonFiniteLossError", "TrainingResult"]
@@ -72,7 +75,8 @@ class Trainer:
         fused = device.type in ("cpu", "cuda")
         params = self.sync.params
         self.adam = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
-        self.lbfgs = LBFGS(params, self.sync.dot, self.cfg.lbfgs.history, self.cfg.lbfgs.lr)
+        named = ckpt_io.named_parameters(self.model, self.trainables)
+        self.lbfgs = LBFGS(named, dot_by_name(self.sync.dot, params, named), self.cfg.lbfgs.history, self.cfg.lbfgs.lr)
         self.progress = Progress(exp.total_steps, self.is_root and not quiet)
         self.compile_seconds = 0.0
         self._compile_pending = False
@@ -245,7 +249,7 @@ class Trainer:
         where = self._non_finite_subdomains()
         path = self.run_dir / "checkpoint.h5"
         saved = (
-            f"the last checkpoint ({path}) is from before this step and intact"
+            f"the last checkpoint ({path}, verified when written) is from before this step"
             if path.exists()
             else "no checkpoint was written"
         )
@@ -269,25 +273,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints and outputs
     def _start(self, resume: bool) -> tuple[int, int]:
+        start, checkpoint = (0, 0), None
+        if resume:
+            point = find_resume_point(self.run_dir)
+            checkpoint = point.checkpoint
+            check_same_model(checkpoint, self.cfg, f"--resume {self.run_dir}")
+            self.lbfgs.state = ckpt_io.restore(checkpoint, self.param_groups, self.adam)
+            if point.note and self.is_root:
+                print(f"ddpinn: warning: {point.note}", file=sys.stderr, flush=True)
+            start = (checkpoint.step, checkpoint.epoch)
         if self.is_root:
+            # On resume too: config.yaml follows the allowed changes (train.steps, say), so that
+            # it always describes the run the checkpoints belong to.
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-        if not resume:
-            return 0, 0
-        checkpoint = ckpt_io.load_checkpoint(self.run_dir / "checkpoint.h5")
-        lbfgs_state = ckpt_io.restore(checkpoint, self.param_groups, self.adam)
-        self.lbfgs.state = lbfgs_state
-        self.progress.message(
-            f"resumed from step {checkpoint.step} (written by {checkpoint.world_size} rank(s), "
-            f"now {self.comm.world_size})"
-        )
-        return checkpoint.step, checkpoint.epoch
+            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        if checkpoint is not None:
+            self.progress.message(
+                f"resumed from step {checkpoint.step} of {checkpoint.path.name} (written by "
+                f"{checkpoint.world_size} rank(s), now {self.comm.world_size})"
+            )
+        return start
 
     def save(self, step: int, epoch: int) -> None:
-        adam_state = next(iter(self.adam.state.values()), None)
-        adam_step = int(adam_state["step"]) if adam_state else 0
-        ckpt_io.save_checkpoint(
+        note = ckpt_io.save_checkpoint(
             self.run_dir / "checkpoint.h5",
             groups=self.param_groups,
             comm=self.comm,
@@ -296,9 +304,10 @@ class Trainer:
             phase="adam" if step <= self.cfg.train.steps else "lbfgs",
             config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
             adam=self.adam,
-            adam_step=adam_step,
-            lbfgs=self.lbfgs.state if self.lbfgs.state.s else None,
+            lbfgs=self.lbfgs.state,
         )
+        if note:
+            print(f"ddpinn: warning: {note}", file=sys.stderr, flush=True)
 
     def _finish(self, test: TestSet, errors: TestErrors | None, step: int, loss: float, seconds: float) -> None:
         prediction = self.predict(test.batch).double().cpu().numpy()

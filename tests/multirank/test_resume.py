@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
-import h5py
 import numpy as np
 import pytest
+
+from ddpinn.train.checkpoint import load_checkpoint
 
 from .harness import launch, rel_diff
 from .test_equivalence import config
@@ -15,11 +16,9 @@ from .test_equivalence import config
 pytestmark = pytest.mark.distributed
 
 
-def params(run_dir):
-    with h5py.File(run_dir / "checkpoint.h5") as f:
-        out = {}
-        f.visititems(lambda k, o: out.__setitem__(k, o[()]) if isinstance(o, h5py.Dataset) else None)
-        return out, int(f.attrs["step"]), int(f.attrs["world_size"])
+def params(run_dir, name="checkpoint.h5"):
+    checkpoint = load_checkpoint(run_dir / name)
+    return checkpoint.arrays, checkpoint.step, checkpoint.world_size
 
 
 def losses(run_dir):
@@ -41,6 +40,7 @@ def test_resume_four_ranks_on_two_and_one(tmp_path):
         ref, step_ref, _ = params(tmp_path / "uninterrupted" / "run")
         got, step, written_by = params(target / "run")
         assert step == step_ref == 8 and written_by == n
+        assert params(target / "run", "checkpoint.prev.h5")[1:] == (4, 4)  # the 4-rank checkpoint, kept
         for key in ref:
             assert rel_diff(ref[key], got[key]) <= 1e-10, f"{key} differs after resuming on {n} rank(s)"
         np.testing.assert_allclose(losses(target / "run"), losses(tmp_path / "uninterrupted" / "run"), rtol=1e-10)

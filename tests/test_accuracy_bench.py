@@ -143,3 +143,20 @@ def test_each_seed_trains_into_a_fresh_directory_on_every_invocation(bench, tmp_
     for d in run_dirs:
         steps = [r["step"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "rel_l2" in r]
         assert steps == [10, 20]
+
+
+def test_quick_mode_reports_shortened_runs_as_quick_and_leaves_later_targets_unjudged(bench, tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    write_yaml(tmp_path / "configs" / "tiny_quick.yaml", TINY)
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    monkeypatch.setattr(bench, "CONFIGS", tmp_path / "configs")
+    quick = bench.Run("FBPINN", "tiny", quick=("train.steps=10",), targets=(bench.Target("rel_l2", 10.0, 20, "test"),))
+    full_only = bench.Run("PINN", "absent")  # no quick variant: not run (its config does not even exist)
+    monkeypatch.setattr(bench, "CASES", (bench.Case("T", "tiny", (quick, full_only)),))
+    report = tmp_path / "quick.json"
+
+    assert bench.main(["--quick", "--out", str(tmp_path / "out"), "--json", str(report)]) == 0
+    (row,) = json.loads(report.read_text())
+    assert (row["mode"], row["step"], row["config"], row["overrides"]) == ("quick", 10, "configs/tiny_quick.yaml",
+                                                                           ["train.steps=10"])
+    assert row["targets"] == [] and row["result"].startswith("not judged: quick run stops at step 10")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -44,6 +45,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -227,7 +230,7 @@ def train_seed(label: str, cfg: Config, path: Path, seed: int, *, reuse: bool, c
         reused = True
     else:
         clear_run_dir(run_dir)
-        print(f"[{label} seed {seed}] training {path.relative_to(REPO)} ({cfg.train.steps} steps) -> {run_dir}",
+        print(f"[{label} seed {seed}] training {path.parent.name}/{path.name} ({cfg.train.steps} steps) -> {run_dir}",
               flush=True)
         result = run_training(cfg, base_dir=path.parent, quiet=True)
         steps, seconds, compile_s = result.step, result.train_seconds, result.compile_seconds
@@ -399,6 +402,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", metavar="CASE", choices=[c.key for c in CASES],
                    help=f"run only these cases ({', '.join(c.key for c in CASES)})")
     p.add_argument("--targets-only", action="store_true", help="skip runs without a target (the PINN baselines)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="(run, seed) pairs trained at once, in separate processes (default 1)")
     p.add_argument("--threads", type=int, default=1,
                    help="run.threads of every run (default 1: steady when other processes share the cores)")
     p.add_argument("--out", type=Path,
@@ -407,6 +412,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true",
                    help="keep a seed's run directory that holds a finished run of the same config")
     args = p.parse_args(argv)
+    if args.jobs < 1 or args.threads < 1:
+        p.error(f"--jobs and --threads must be >= 1, got {args.jobs} and {args.threads}")
     if len(set(args.seeds)) < MIN_SEEDS:
         p.error(f"--seeds: targets are judged by the median over at least {MIN_SEEDS} distinct seeds, got {args.seeds}")
     suffix = "_quick" if args.quick else ""
@@ -437,6 +444,29 @@ def write_reports(args: argparse.Namespace, rows: list[Row], groups: list, seeds
         print(f"wrote {args.json}, {args.out / 'accuracy.md'}" + (f", {png}" if png else ""))
 
 
+def train_all(plan: list[tuple[Case, Run]], configs: dict, seeds: list[int], *, jobs: int, reuse: bool,
+              commit: str) -> Iterator[tuple[Case, Run, list[SeedRun]]]:
+    """Train every (run, seed) of ``plan`` and yield each run with its seeds, in plan order.
+
+    ``jobs`` > 1 trains that many (run, seed) pairs at once in spawned processes: with one thread
+    each, two jobs use both cores of a 2-core machine. One job trains in this process (and reuses
+    its torch.compile caches from seed to seed)."""
+
+    def arguments(case: Case, run: Run, seed: int) -> tuple:
+        return (f"{case.key} {run.method}", *configs[case.key, run.method, seed], seed)
+
+    if jobs == 1:
+        for case, run in plan:
+            yield case, run, [train_seed(*arguments(case, run, seed), reuse=reuse, commit=commit) for seed in seeds]
+        return
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {(case.key, run.method, seed): pool.submit(train_seed, *arguments(case, run, seed), reuse=reuse,
+                                                             commit=commit)
+                   for case, run in plan for seed in seeds}
+        for case, run in plan:
+            yield case, run, [futures[case.key, run.method, seed].result() for seed in seeds]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -454,10 +484,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     rows, groups = [], []
-    for case, run in plan:
-        label = f"{case.key} {run.method}"
-        trained = [train_seed(label, *configs[case.key, run.method, seed], seed, reuse=args.reuse, commit=commit)
-                   for seed in seeds]
+    for case, run, trained in train_all(plan, configs, seeds, jobs=args.jobs, reuse=args.reuse, commit=commit):
         path = configs[case.key, run.method, seeds[0]][1]
         overrides = list(run.quick or ()) if args.quick else list(run.overrides)
         rows += make_rows(case, run, trained, quick=args.quick, config=str(path.relative_to(REPO)), overrides=overrides)

@@ -4,7 +4,7 @@ directories, one per seed."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import statistics
 import sys
@@ -21,12 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("accuracy_bench", REPO / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    """benchmarks/accuracy.py as a module importable by name (its --jobs workers are spawned
+    processes that import it again through sys.path)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        yield importlib.import_module("accuracy")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+        sys.modules.pop("accuracy", None)
 
 
 def test_every_benchmark_config_loads_and_evaluates_its_target_steps(bench, tmp_path):
@@ -143,6 +145,23 @@ def test_each_seed_trains_into_a_fresh_directory_on_every_invocation(bench, tmp_
     for d in run_dirs:
         steps = [r["step"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "rel_l2" in r]
         assert steps == [10, 20]
+    (again,) = json.loads(report.read_text())
+    assert [p["rel_l2"] for p in again["per_seed"]] == finals
+
+
+@pytest.mark.slow
+def test_seeds_trained_in_parallel_processes_give_the_same_figures(bench, tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    write_yaml(tmp_path / "configs" / "tiny.yaml", TINY)
+    monkeypatch.setattr(bench, "REPO", tmp_path)
+    monkeypatch.setattr(bench, "CONFIGS", tmp_path / "configs")
+    monkeypatch.setattr(bench, "CASES", (bench.Case("T", "tiny", (bench.Run("FBPINN", "tiny"),)),))
+    figures = []
+    for jobs in ("1", "3"):  # in this process, then each seed in a spawned process of its own
+        report = tmp_path / f"jobs{jobs}.json"
+        assert bench.main(["--out", str(tmp_path / jobs), "--json", str(report), "--jobs", jobs]) == 0
+        figures.append([(p["seed"], p["rel_l2"], p["l1"]) for p in json.loads(report.read_text())[0]["per_seed"]])
+    assert figures[0] == figures[1]
 
 
 def test_quick_mode_reports_shortened_runs_as_quick_and_leaves_later_targets_unjudged(bench, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ Run directory layout::
     config.yaml      the resolved config (every default filled in)
     metrics.jsonl    one JSON object per logged step: loss, terms, lr, steps/s, test errors
     checkpoint.h5    see ddpinn.train.checkpoint
+    checkpoint.prev.h5  the checkpoint before it, kept for --resume when the latest is damaged
     results.h5       test grid: x, prediction, exact, error (grid-shaped), errors as attrs
     summary.json     final errors, timings, sizes
     plots/*.png      see ddpinn.io.plots

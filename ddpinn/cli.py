@@ -22,6 +22,16 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"need a whole number of ranks >= 1, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ddpinn", description="Distributed multilevel FBPINN training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -46,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a config and describe the run without training")
     c.add_argument("config")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--ranks", type=int, default=1, help="describe the layout for this many ranks")
+    c.add_argument("--ranks", type=_positive_int, default=1, help="describe the layout for this many ranks")
 
     sub.add_parser("problems", help="list the registered problems")
 
@@ -105,7 +115,8 @@ def _check(args) -> int:
     for l, (level, cov) in enumerate(zip(exp.decomposition.levels, batch.levels)):
         print(f"  level {l + 1}: {'x'.join(map(str, level.shape))} subdomains, {cov.n_pairs} (point, subdomain) pairs, "
               f"{cov.slots} slots per subdomain, network {list(exp.level_sizes[l])}")
-    print(f"points        {', '.join(f'{k}: {len(v)}' for k, v in groups.items())}; total pairs {batch.n_pairs}")
+    print(f"points        {exp.describe_points()}")
+    print(f"              {', '.join(f'{k}: {len(v)}' for k, v in groups.items())}; total pairs {batch.n_pairs}")
     print(f"parameters    {sum(exp.level_parameters(l) for l in range(exp.decomposition.n_levels))}")
     print(f"layout        {layout.describe()}")
     print(f"device        {device}, {cfg.run.dtype}")

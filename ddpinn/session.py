@@ -86,7 +86,7 @@ def run_training(
         if comm.rank == 0 and not quiet:
             print(
                 f"ddpinn: {cfg.problem.name}, {exp.decomposition.describe()}, {cfg.run.dtype} on {device}; "
-                f"{layout.describe()}; run directory {cfg.run_dir}",
+                f"{exp.describe_points()}; {layout.describe()}; run directory {cfg.run_dir}",
                 flush=True,
             )
         trainer = Trainer(exp, comm=comm, layout=layout, device=device, run_dir=cfg.run_dir, quiet=quiet)

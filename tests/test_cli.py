@@ -125,11 +125,44 @@ def test_non_finite_loss_stops_with_exit_status_3(nan_run, capsys):
     config, run_dir = nan_run
     assert main(["train", str(config), "--quiet"]) == 3
     err = capsys.readouterr().err
-    assert "non-finite loss at step 1 in term(s) ['pde']" in err
+    assert "non-finite loss at step 1, before any parameter update, in term(s) ['pde']" in err
+    # At step 1 the cause is the problem, located; the learning rate is not the suspect.
+    assert "Broken.residual is not finite at 200 point(s) where the model output is finite" in err
+    assert "optimizer.lr" not in err
     assert not (run_dir / "checkpoint.h5").exists()
+
+
+def test_non_finite_ansatz_at_step_1_is_named(tmp_path, small_run, capsys):
+    source = NAN_PROBLEM.replace("float(\"nan\")", "1.0") + """
+    def hard_constraint(self, x):
+        from ddpinn.problems import HardConstraint
+        return HardConstraint(scale=x[:, 0] / x[:, 0])   # 0/0 at x = 0
+"""
+    (tmp_path / "broken.py").write_text(source)
+    config = write_yaml(tmp_path / "nan.yaml", small_run(problem={"name": f"{tmp_path / 'broken.py'}:Broken"}))
+    assert main(["train", str(config), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert "the hard-constraint ansatz (Broken.hard_constraint, its scale) is not finite at 1 point(s), e.g. x = [0.0]" in err
 
 
 def test_non_finite_loss_message_names_only_an_existing_checkpoint(nan_run, capsys):
     config, run_dir = nan_run
     assert main(["train", str(config), "--quiet"]) == 3
     assert "checkpoint.h5" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ranks", ["0", "-2", "two"])
+def test_check_rejects_a_rank_count_below_one(tmp_path, small_run, capsys, ranks):
+    config = write_yaml(tmp_path / "c.yaml", small_run())
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", str(config), "--ranks", ranks])
+    assert exit_.value.code == 2
+    assert f"argument --ranks: need a whole number of ranks >= 1, got '{ranks}'" in capsys.readouterr().err
+
+
+def test_a_grid_total_that_is_rounded_is_reported(tmp_path, capsys):
+    data = {"problem": {"name": "poisson2d"}, "decomposition": {"levels": 2}, "sampling": {"n": 60, "test_n": [10, 10]}}
+    assert main(["check", str(write_yaml(tmp_path / "c.yaml", data))]) == 0
+    out = capsys.readouterr().out
+    assert "collocation 8x8 grid (64 points) [sampling.n = 60 is a total, rounded to a grid" in out
+    assert "give points per axis, e.g. n: [8, 8], for exact counts]; test 10x10 grid (100 points)" in out

@@ -75,7 +75,8 @@ def test_user_problem_checks_and_trains(tmp_path, monkeypatch, capsys, reference
     assert main(["check", str(config)]) == 0
     out = capsys.readouterr().out
     assert "derivatives   ['u', 'u_x', 'u_xx']" in out
-    assert "points        pde: 60, flux: 1" in out
+    assert "points        collocation 60 grid (60 points); test 50 grid (50 points)" in out
+    assert "              pde: 60, flux: 1;" in out
 
     assert main(["train", str(config), "--quiet"]) == 0
     run_dir = tmp_path / "runs" / "sine"
@@ -130,3 +131,24 @@ def test_user_problem_without_exact_solution_trains_evaluates_and_plots(tmp_path
     capsys.readouterr()
     assert main(["eval", str(run_dir)]) == 0
     assert json.loads(capsys.readouterr().out) == {"step": 10, "errors": None}
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("from ddpinn.problems import Problem\nclass Sine(Problem:\n    pass\n",
+         ["sine.py:2: syntax error:", "    class Sine(Problem:"]),
+        ("import math\nK = math.pi\nraise ValueError('K must be set by the user')\n",
+         ["sine.py:3: ValueError: K must be set by the user", "    raise ValueError('K must be set by the user')"]),
+    ],
+    ids=["syntax", "raises"],
+)
+def test_broken_user_file_reports_file_and_line_without_traceback(tmp_path, capsys, source, expected):
+    (tmp_path / "sine.py").write_text(source)
+    config = write_yaml(tmp_path / "c.yaml", {"problem": {"name": "sine.py:Sine"}, "sampling": {"n": 10}})
+    assert main(["check", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ddpinn: error: problem.name: ")
+    for text in expected:
+        assert text in err
+    assert "Traceback" not in err

@@ -29,6 +29,7 @@ from ddpinn.parallel.layout import ParallelLayout
 from ddpinn.parallel.parallelize import parallelize_model
 from ddpinn.parallel.sync import GradientSync
 from ddpinn.train import checkpoint as ckpt_io
+from ddpinn.train.diagnose import initial_non_finite_cause
 from ddpinn.train.evaluation import TestErrors, test_errors
 from ddpinn.train.lbfgs import LBFGS, dot_by_name
 from ddpinn.train.objective import Objective
@@ -148,7 +149,7 @@ class Trainer:
         synced = self.sync.reduce(local.detach(), with_norm=clip is not None)
         terms = synced.terms
         # Before the update, so that a non-finite loss never reaches the parameters.
-        self._check_finite(terms, step + 1)
+        self._check_finite(terms, step + 1, batch)
         if clip is not None:
             factor = torch.clamp(clip / (synced.grad_norm + 1e-12), max=1.0)
             for p in self.sync.params:
@@ -169,7 +170,7 @@ class Trainer:
             return float(terms.sum())
 
         self.lbfgs.step(closure)
-        self._check_finite(last[0], self.cfg.train.steps + 1)
+        self._check_finite(last[0], self.cfg.train.steps + 1, batch)
         return last[0]
 
     def _epoch(self, step: int) -> int:
@@ -242,10 +243,17 @@ class Trainer:
         truth = self.exp.problem.true_parameters()
         return {k: abs(v - truth[k]) / abs(truth[k]) for k, v in self.trainables.current().items() if truth.get(k)}
 
-    def _check_finite(self, terms: torch.Tensor, step: int) -> None:
+    def _check_finite(self, terms: torch.Tensor, step: int, batch: EvaluationBatch) -> None:
         if bool(torch.isfinite(terms).all()):
             return
         bad_terms = [n for n, v in zip(self.objective.names, terms.tolist()) if not np.isfinite(v)]
+        if step == 1:
+            cause = initial_non_finite_cause(self.model, self.objective, batch, self.comm)
+            raise NonFiniteLossError(
+                f"non-finite loss at step 1, before any parameter update, in term(s) {bad_terms}: {cause}. "
+                f"This comes from the problem's definition, not from training (a division by zero, or a log or "
+                f"square root of a negative number, at those points?); no parameter was updated"
+            )
         where = self._non_finite_subdomains()
         path = self.run_dir / "checkpoint.h5"
         saved = (

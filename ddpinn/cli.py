@@ -9,7 +9,10 @@
     ddpinn problems                               list the registered problems
     ddpinn config [--markdown]                    every config key, its default and meaning
 
-Exit status: 0 success, 2 bad config or input, 3 non-finite loss, 4 communication failure.
+Exit status: 0 success, 2 bad config or input, 3 non-finite loss, 4 communication failure
+(also on a rank stopped by another rank's failure), 1 an unexpected error. On N ranks the failing
+rank reports its error with its rank id (and, if unexpected, its traceback); rank 0 adds one line
+naming it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ddpinn.parallel.failure import RankEnding
 
 __all__ = ["main"]
 
@@ -133,6 +140,21 @@ def _problems(_args) -> int:
     return 0
 
 
+def _rank_report(err: BaseException, known: tuple[int, str] | None, ending: RankEnding) -> str:
+    """What rank ``ending.rank`` of a multi-rank job prints about ``err``: the error with its rank,
+    the traceback of an unexpected one, or one line naming the peer whose failure stopped it."""
+    from ddpinn.parallel.failure import PeerFailedError
+
+    where = f"rank {ending.rank} of {ending.world_size}"
+    if isinstance(err, PeerFailedError):
+        return f"ddpinn: {where} stopped: {err}"
+    if known is None:
+        import traceback
+
+        return f"ddpinn: {where} failed with an unexpected error:\n" + "".join(traceback.format_exception(err)).rstrip()
+    return f"ddpinn: {known[1]} on {where}: {err}" if str(err) else f"ddpinn: {known[1]} on {where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ddpinn.config import ConfigError
@@ -164,18 +186,24 @@ def main(argv: list[str] | None = None) -> int:
             print(reference_markdown() if args.markdown else reference_yaml())
             return 0
         return _problems(args)
-    except (ConfigError, CheckpointError, LayoutError, LaunchError) as err:
-        print(f"ddpinn: error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"ddpinn: error: {err}", file=sys.stderr)
-        return 3
-    except CommError as err:
-        print(f"ddpinn: communication error: {err}", file=sys.stderr)
-        return 4
-    except KeyboardInterrupt:
-        print("ddpinn: interrupted", file=sys.stderr)
-        return 130
+    except (Exception, KeyboardInterrupt) as err:
+        from ddpinn.parallel.failure import end_process, ending_of
+
+        known = next(((status, label) for kinds, status, label in (
+            ((ConfigError, CheckpointError, LayoutError, LaunchError), 2, "error"),
+            (NonFiniteLossError, 3, "error"),
+            (CommError, 4, "communication error"),
+            (KeyboardInterrupt, 130, "interrupted"),
+        ) if isinstance(err, kinds)), None)
+        ending = ending_of(err)
+        if ending is None:  # one process, or an error before the ranks connected
+            if known is None:
+                raise
+            print(f"ddpinn: {known[1]}: {err}" if str(err) else f"ddpinn: {known[1]}", file=sys.stderr)
+            return known[0]
+        if ending.reports:
+            print(_rank_report(err, known, ending), file=sys.stderr)
+        end_process(known[0] if known else 1, ending)
 
 
 if __name__ == "__main__":

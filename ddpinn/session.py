@@ -62,6 +62,9 @@ def open_session(cfg: Config) -> Iterator[Session]:
         comm = open_communicator(env, cfg.parallel, device)
     try:
         yield Session(env=env, comm=comm, device=device)
+    except BaseException as err:
+        comm.report_failure(err)  # the other ranks stop now, not at parallel.timeout_s
+        raise
     finally:
         comm.close()
 

@@ -37,6 +37,12 @@ def test_detect(env, expected):
     assert (e.rank, e.world_size, e.local_rank, e.method) == expected
 
 
+def test_torchrun_restart_count_separates_attempts():
+    """What one torchrun attempt posts to the rendezvous store (failure reports) is keyed by attempt."""
+    assert detect_env("auto", TORCHRUN).restart == 0
+    assert detect_env("auto", {**TORCHRUN, "TORCHELASTIC_RESTART_COUNT": "2"}).restart == 2
+
+
 def test_slurm_rendezvous_from_nodelist_and_job_id():
     e = detect_env("auto", SLURM_STEP)
     assert e.master_addr == "gpu03" and e.master_port == 20000 + 12345 % 20000

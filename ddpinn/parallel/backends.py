@@ -6,21 +6,26 @@ from the launch environment (:class:`~ddpinn.parallel.env.DistEnv`) and ``parall
 * ``comm: torch`` — torch.distributed. Under torchrun the rendezvous comes from its
   environment; under SLURM from the first node of the step and a port derived from the job id;
   under mpirun/mpiexec rank 0's address and a free port are broadcast through mpi4py (the only
-  use of MPI in this mode). Every collective carries the process-group timeout.
+  use of MPI in this mode). Failures travel through the rendezvous store.
 * ``comm: mpi`` — every message through mpi4py (CPU clusters with a native MPI interconnect).
-  Non-blocking operations are polled against a deadline, so a dead or stuck peer becomes a
-  :class:`CommError` instead of a hang, and the job is aborted.
+  Failures travel on a dedicated tag.
 
-mpi4py is imported only by code paths that need it.
+Every wait is polled against ``parallel.timeout_s``. A wait that outlasts a short spin also
+reads the failure channel (:mod:`ddpinn.parallel.failure`): a peer that raised stops this rank
+within a poll interval (:class:`~ddpinn.parallel.failure.PeerFailedError`), and a wait that
+reaches the deadline names the collective and the ranks that did not answer. A healthy step
+never reads the channel. mpi4py is imported only by code paths that need it.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import gc
 import socket
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,8 +35,32 @@ from torch import Tensor
 from ddpinn.config import ParallelConfig
 from ddpinn.parallel.comm import CommError, Communicator
 from ddpinn.parallel.env import DistEnv, LaunchMethod
+from ddpinn.parallel.failure import (
+    REASON_WAIT_S,
+    REPORT_WAIT_S,
+    FailureChannel,
+    MpiChannel,
+    PeerFailedError,
+    RankEnding,
+    RankFailure,
+    StoreChannel,
+    format_ranks,
+    note_ending,
+)
 
-__all__ = ["TorchComm", "MpiComm", "open_communicator"]
+__all__ = ["TorchComm", "MpiComm", "open_communicator", "resolve_comm"]
+
+_SPIN_S = 0.02
+"""How long a wait runs before it reads the failure channel: MpiComm polls its requests without
+sleeping for this long; TorchComm blocks on the work for this long."""
+_POLL_S = 0.05
+"""Interval between reads of the failure channel once a wait outlasted the spin, for up to 32
+ranks; more ranks read it less often (one store serves them all)."""
+_BACKEND_MARGIN_S = 10.0
+"""torch.distributed's own timeout exceeds ``parallel.timeout_s`` by this much, so that
+ddpinn's deadline, which names the ranks waited for, comes first."""
+_STORE_OP_TIMEOUT_S = 10.0
+"""Timeout of one read or write of the failure channel's store connection."""
 
 
 def _free_port() -> int:
@@ -46,8 +75,79 @@ def _mpi_world():
     return MPI, MPI.COMM_WORLD
 
 
-class TorchComm(Communicator):
-    """torch.distributed process group; ``nccl`` for CUDA devices, ``gloo`` otherwise."""
+class _ChannelComm(Communicator):
+    """What both multi-process communicators share: call labels, the deadline's message, the
+    failure channel and the report of this rank's own failure."""
+
+    channel: FailureChannel
+    timeout_s: float
+
+    def _init_failure_handling(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.poll_s = _POLL_S * max(1.0, self.world_size / 32)
+        self._calls: dict[str, int] = {}
+        self._failed = False
+
+    def _label(self, kind: str) -> str:
+        """``"all_reduce #12"``: the same on every rank, since every rank makes the same calls."""
+        n = self._calls[kind] = self._calls.get(kind, 0) + 1
+        return f"{kind} #{n}"
+
+    def _check_peers(self, what: str) -> None:
+        failure = self.channel.poll(f"waiting in {what}")
+        if failure is not None:
+            self._failed = True
+            raise PeerFailedError(failure, self.rank, what)
+
+    def _timed_out(self, what: str, waiting_for: Sequence[int] = ()) -> CommError:
+        """The error for a wait that reached ``parallel.timeout_s``; ``waiting_for``: the peers
+        whose messages are missing, where the operation knows them (point-to-point)."""
+        return self._give_up(what, f"timed out after {self.timeout_s:g} s", waiting_for, timed_out=True)
+
+    def _give_up(self, what: str, problem: str, waiting_for: Sequence[int] = (), timed_out: bool = False) -> CommError:
+        """Tell the others that this rank stops in ``what`` and return the error to raise. The
+        ranks that do not answer within ``ACK_WAIT_S`` are named: after a timeout they are the
+        ones waited for (unless ``waiting_for`` says)."""
+        self._failed = True
+        message = f"{what} {problem}"
+        answers = self.channel.announce(RankFailure(self.rank, "CommError", message))
+        silent = [q for q in range(self.world_size) if q != self.rank and q not in answers]
+        why = "stopped, stuck outside a collective, or dead"
+        if timed_out and (waiting_for or silent):
+            message += f" waiting for {format_ranks(waiting_for or silent)}"
+            if silent and (not waiting_for or set(silent) == set(waiting_for)):
+                message += f" (no answer: {why})"
+            elif silent:
+                message += f"; no answer from {format_ranks(silent)} ({why})"
+        elif silent:
+            message += f"; no answer from {format_ranks(silent)} ({why})"
+        # Ranks waiting in another collective than this one: calls out of step.
+        elsewhere = {q: s for q, s in answers.items() if s.startswith("waiting in") and s != f"waiting in {what}"}
+        message += "".join(f"; rank {q} is {s}" for q, s in sorted(elsewhere.items())[:8])
+        return CommError(message)
+
+    def report_failure(self, err: BaseException) -> None:
+        if isinstance(err, PeerFailedError):
+            note_ending(err, RankEnding(self.rank, self.world_size, reports=self.rank == 0, stopped_by_peer=True))
+            return
+        self._failed = True
+        own = self.channel.posted or RankFailure.of(err, self.rank)
+        self.channel.announce(own, REPORT_WAIT_S)
+        reported_below = any(q < self.rank and f.same_error(own) for q, f in self.channel.failures.items())
+        note_ending(err, RankEnding(self.rank, self.world_size, reports=not reported_below, stopped_by_peer=False))
+
+
+class TorchComm(_ChannelComm):
+    """torch.distributed process group; ``nccl`` for CUDA devices, ``gloo`` otherwise.
+
+    How waits see a peer's failure: collectives (all-reduce, barrier) are waited for in slices
+    and read the channel between slices. gloo's point-to-point works cannot be waited for in
+    slices (a timed-out wait breaks every connection of the rank), so the neighbour exchange
+    blocks until the failed neighbour's process ends (the CLI ends it within
+    ``REPORT_WAIT_S`` of the failure) and its connections close; the rank then reads the
+    neighbour's report (``REASON_WAIT_S``). NCCL's exchange only makes the stream wait; its
+    failures surface at the step's all-reduce, whose completion is polled.
+    """
 
     def __init__(self, env: DistEnv, device: torch.device, timeout_s: float) -> None:
         import torch.distributed as dist
@@ -57,75 +157,163 @@ class TorchComm(Communicator):
         self.backend = "nccl" if device.type == "cuda" else "gloo"
         self.name = f"torch.distributed/{self.backend}"
         self.device = device
-        self._failed = False
-        timeout = datetime.timedelta(seconds=timeout_s)
-        if env.method == LaunchMethod.ENV and env.master_addr:
-            init_method = "env://"
-        elif env.method == LaunchMethod.MPI:
+        self._init_failure_handling(timeout_s)
+        self._await = self._await_gloo if self.backend == "gloo" else self._await_cuda
+        self._first_slice = datetime.timedelta(seconds=_SPIN_S)
+        self._slice = datetime.timedelta(seconds=self.poll_s)
+        host, port, init_method = self._rendezvous_address(env)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend_timeout = datetime.timedelta(seconds=timeout_s + _BACKEND_MARGIN_S)
+        try:
+            # The rendezvous store is kept here: on rank 0 it hosts the store server, which must
+            # outlive the process group (the failure channel lives in it).
+            self._store, _, _ = next(dist.rendezvous(init_method, env.rank, env.world_size, timeout=backend_timeout))
+            dist.init_process_group(
+                self.backend, store=self._store, rank=env.rank, world_size=env.world_size, timeout=backend_timeout
+            )
+            # The channel reads through a connection of its own, with short timeouts, under a
+            # prefix per torchrun attempt.
+            channel_store = dist.TCPStore(host, port, is_master=False,
+                                          timeout=datetime.timedelta(seconds=_STORE_OP_TIMEOUT_S))
+        except Exception as err:  # rendezvous failures come in many types
+            raise CommError(f"could not form the process group at {init_method}: {err}") from err
+        self.channel = StoreChannel(
+            dist.PrefixStore(f"ddpinn/attempt{env.restart}/", channel_store), self.rank, self.world_size, (host, port)
+        )
+
+    @staticmethod
+    def _rendezvous_address(env: DistEnv) -> tuple[str, int, str]:
+        """(host, port, init_method) of the store the process group is formed on."""
+        if env.method == LaunchMethod.ENV and env.master_addr and env.master_port:
+            return env.master_addr, env.master_port, "env://"
+        if env.method == LaunchMethod.MPI:
             _, world = _mpi_world()
             addr = socket.gethostbyname(socket.gethostname()) if env.rank == 0 else None
             port = _free_port() if env.rank == 0 else None
             addr, port = world.bcast((addr, port), root=0)
-            init_method = f"tcp://{addr}:{port}"
-        else:
-            if not env.master_addr or not env.master_port:
-                raise CommError(f"{env.method} launch: no rendezvous address (set MASTER_ADDR and MASTER_PORT)")
-            init_method = f"tcp://{env.master_addr}:{env.master_port}"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        try:
-            dist.init_process_group(
-                self.backend, init_method=init_method, rank=env.rank, world_size=env.world_size, timeout=timeout
-            )
-        except Exception as err:  # noqa: BLE001 - rendezvous failures come in many types
-            raise CommError(f"could not form the process group at {init_method}: {err}") from err
+            return addr, port, f"tcp://{addr}:{port}"
+        if not env.master_addr or not env.master_port:
+            raise CommError(f"{env.method} launch: no rendezvous address (set MASTER_ADDR and MASTER_PORT)")
+        return env.master_addr, env.master_port, f"tcp://{env.master_addr}:{env.master_port}"
 
-    def _guard(self, what: str, fn):
+    def _start(self, what: str, issue: Callable[[], Any]) -> Any:
         try:
-            return fn()
-        except Exception as err:  # noqa: BLE001 - gloo/nccl report peer failures as RuntimeError
+            return issue()
+        except Exception as err:  # gloo/nccl report broken connections as RuntimeError
+            raise self._broken(what, err) from err
+
+    def _broken(self, what: str, err: Exception) -> CommError:
+        """The error for an operation that failed: the report of the peer whose failure broke
+        the connection if it posts one, else this rank's own."""
+        failure = self.channel.await_failure(f"waiting in {what}", REASON_WAIT_S)
+        if failure is not None:
             self._failed = True
-            raise CommError(f"rank {self.rank}: {what} failed (a peer died, raised or timed out): {err}") from err
+            return PeerFailedError(failure, self.rank, what)
+        return self._give_up(what, f"failed ({err})")
+
+    def _await_gloo(self, what: str, works: Sequence[tuple[int | None, Any]], collective: bool) -> None:
+        """Wait for every ``(peer, work)`` (peer None for collectives)."""
+        start = time.monotonic()
+        if not collective:  # point-to-point: one blocking wait, gloo's own deadline
+            for _, work in works:
+                left = self.timeout_s - (time.monotonic() - start)
+                try:
+                    work.wait(datetime.timedelta(seconds=max(left, 1e-3)))
+                except RuntimeError as err:
+                    if time.monotonic() - start < self.timeout_s:
+                        raise self._broken(what, err) from err
+                    raise self._timed_out(what, [q for q, w in works if not w.is_completed()]) from err
+            return
+        timeout = self._first_slice
+        for _, work in works:
+            while True:
+                try:
+                    work.wait(timeout)
+                    break
+                except RuntimeError as err:
+                    if work.is_completed():  # the operation itself failed: a peer died or closed
+                        raise self._broken(what, err) from err
+                timeout = self._slice
+                self._check_peers(what)
+                if time.monotonic() - start > self.timeout_s:
+                    raise self._timed_out(what)
+
+    def _await_cuda(self, what: str, works: Sequence[tuple[int | None, Any]], collective: bool) -> None:
+        if not collective:  # the stream waits; a peer's failure surfaces at the step's all-reduce
+            for _, work in works:
+                work.wait()
+            return
+        # Spin on the completion query while the step's kernels finish; a wait that outlasts
+        # the spin sleeps between queries and reads the channel every poll interval.
+        start = time.monotonic()
+        next_check = start + _SPIN_S
+        for _, work in works:
+            while not work.is_completed():
+                now = time.monotonic()
+                if now - start < _SPIN_S:
+                    continue
+                if now >= next_check:
+                    self._check_peers(what)
+                    if now - start > self.timeout_s:
+                        raise self._timed_out(what)
+                    next_check = now + self.poll_s
+                time.sleep(1e-4)
+            try:
+                work.wait()
+            except Exception as err:  # a failed NCCL work raises here
+                raise self._broken(what, err) from err
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         # Setup-time tensors live on the CPU; NCCL only reduces device tensors.
-        work = tensor if tensor.device == self.device else tensor.to(self.device)
-        self._guard("all_reduce", lambda: self.dist.all_reduce(work))
-        return work if work is tensor else work.to(tensor.device)
+        work_tensor = tensor if tensor.device == self.device else tensor.to(self.device)
+        what = self._label("all_reduce")
+        work = self._start(what, lambda: self.dist.all_reduce(work_tensor, async_op=True))
+        self._await(what, [(None, work)], True)
+        return work_tensor if work_tensor is tensor else work_tensor.to(tensor.device)
 
     def exchange(
         self, sends: Mapping[int, Tensor], recv_shapes: Mapping[int, tuple[int, ...]], dtype: torch.dtype
     ) -> dict[int, Tensor]:
         received = {q: torch.empty(shape, dtype=dtype, device=self.device) for q, shape in recv_shapes.items()}
+        what = self._label("neighbour exchange")
 
-        def run() -> None:
-            works = [self.dist.irecv(buf, q) for q, buf in received.items() if buf.numel()]
-            works += [self.dist.isend(t.to(self.device).contiguous(), q) for q, t in sends.items() if t.numel()]
-            for work in works:
-                work.wait()
+        def issue() -> list[tuple[int, Any]]:
+            works = [(q, self.dist.irecv(buf, q)) for q, buf in received.items() if buf.numel()]
+            works += [(q, self.dist.isend(t.to(self.device).contiguous(), q)) for q, t in sends.items() if t.numel()]
+            return works
 
-        self._guard("neighbour exchange", run)
+        self._await(what, self._start(what, issue), False)
         return received
 
+    def barrier(self) -> None:
+        what = self._label("barrier")
+        self._await(what, [(None, self._start(what, lambda: self.dist.barrier(async_op=True)))], True)
+
     def allgather_object(self, obj: Any) -> list[Any]:
+        # A polled barrier first: once every rank is present the blocking gather completes.
+        self.barrier()
         out: list[Any] = [None] * self.world_size
-        self._guard("allgather_object", lambda: self.dist.all_gather_object(out, obj))
+        what = self._label("allgather_object")
+        self._start(what, lambda: self.dist.all_gather_object(out, obj))
         return out
 
     def close(self) -> None:
-        if self.dist.is_initialized() and not self._failed:
-            # gloo work objects still alive at interpreter exit abort the process (SIGABRT,
-            # "terminate called without an active exception"): free them, then tear down together.
-            gc.collect()
-            self._guard("final barrier", self.dist.barrier)
-            self.dist.destroy_process_group()
+        # After a failure a collective may be pending: no final barrier, no teardown under it.
+        if not self.dist.is_initialized() or self._failed:
+            return
+        # gloo work objects still alive at interpreter exit abort the process (SIGABRT,
+        # "terminate called without an active exception"): free them, then tear down together.
+        gc.collect()
+        try:
+            self.barrier()
+        except CommError as err:
+            self.report_failure(err)
+            raise
+        self.dist.destroy_process_group()
 
 
-_SPIN_S = 0.02
-"""How long MpiComm polls a pending request without sleeping."""
-
-
-class MpiComm(Communicator):
+class MpiComm(_ChannelComm):
     """All communication through mpi4py, with deadline-polled non-blocking operations."""
 
     def __init__(self, env: DistEnv, device: torch.device, timeout_s: float) -> None:
@@ -138,22 +326,25 @@ class MpiComm(Communicator):
         self.rank, self.world_size = self.world.Get_rank(), self.world.Get_size()
         self.name = "mpi4py"
         self.device = device
-        self.timeout_s = timeout_s
-        self._failed = False
+        self._init_failure_handling(timeout_s)
+        self.channel = MpiChannel(self.MPI, self.world)
+        self._abort_registered = False
 
-    def _wait(self, what: str, requests: list) -> None:
+    def _wait(self, what: str, requests: list, peers: Sequence[int] = ()) -> None:
+        """Wait for ``requests`` (``peers[i]``: the rank request i talks to, where known)."""
         # Spin first, as a blocking MPI call would: a sleep costs ~0.5 ms whatever its argument
-        # (timer slack), 50x a 2-rank all-reduce. Only a wait that outlasts the spin (a slow or
-        # dead peer) backs off to sleeping, so that it does not burn a core until the deadline.
+        # (timer slack), 50x a 2-rank all-reduce. Only a wait that outlasts the spin (a slow,
+        # failed or dead peer) reads the failure channel and backs off to sleeping, so that it
+        # does not burn a core until the deadline.
         start = time.monotonic()
-        deadline = start + self.timeout_s
         while not self.MPI.Request.Testall(requests):
             now = time.monotonic()
-            if now > deadline:
-                self._failed = True
-                raise CommError(f"rank {self.rank}: {what} timed out after {self.timeout_s:g} s (a peer died or is stuck)")
-            if now - start > _SPIN_S:
-                time.sleep(1e-4)
+            if now - start < _SPIN_S:
+                continue
+            self._check_peers(what)
+            if now - start > self.timeout_s:
+                raise self._timed_out(what, [q for q, r in zip(peers, requests) if not r.Test()])
+            time.sleep(1e-4)
 
     def _host(self, tensor: Tensor) -> np.ndarray:
         return np.ascontiguousarray(tensor.detach().cpu().numpy())
@@ -161,32 +352,43 @@ class MpiComm(Communicator):
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         send = self._host(tensor)
         recv = np.empty_like(send)
-        self._wait("all_reduce", [self.world.Iallreduce(send, recv, op=self.MPI.SUM)])
+        self._wait(self._label("all_reduce"), [self.world.Iallreduce(send, recv, op=self.MPI.SUM)])
         return torch.from_numpy(recv).to(tensor.device)
 
     def exchange(
         self, sends: Mapping[int, Tensor], recv_shapes: Mapping[int, tuple[int, ...]], dtype: torch.dtype
     ) -> dict[int, Tensor]:
+        what = self._label("neighbour exchange")
         np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
         buffers = {q: np.empty(shape, dtype=np_dtype) for q, shape in recv_shapes.items()}
-        send_data = [self._host(t) for t in sends.values()]
-        requests = [self.world.Irecv(buf, source=q, tag=7) for q, buf in buffers.items() if buf.size]
-        requests += [self.world.Isend(d, dest=q, tag=7) for q, d in zip(sends, send_data) if d.size]
-        if requests:
-            self._wait("neighbour exchange", requests)
+        send_data = {q: self._host(t) for q, t in sends.items()}
+        recvs = [(q, self.world.Irecv(buf, source=q, tag=7)) for q, buf in buffers.items() if buf.size]
+        recvs += [(q, self.world.Isend(d, dest=q, tag=7)) for q, d in send_data.items() if d.size]
+        if recvs:
+            self._wait(what, [r for _, r in recvs], [q for q, _ in recvs])
         return {q: torch.from_numpy(buf).to(self.device) for q, buf in buffers.items()}
 
     def allgather_object(self, obj: Any) -> list[Any]:
         # A deadline-polled barrier first: once every rank is present the blocking gather completes.
-        self._wait("allgather_object (barrier)", [self.world.Ibarrier()])
+        self.barrier()
         return self.world.allgather(obj)
 
     def barrier(self) -> None:
-        self._wait("barrier", [self.world.Ibarrier()])
+        self._wait(self._label("barrier"), [self.world.Ibarrier()])
 
-    def close(self) -> None:
-        if self._failed:
-            self.world.Abort(4)
+    def report_failure(self, err: BaseException) -> None:
+        super().report_failure(err)
+        if not self._abort_registered:
+            # MPI_Finalize at exit would wait on (or abort over) the collective a failed peer
+            # never joined. The CLI ends the process itself (failure.end_process); any other
+            # caller gets an MPI_Abort after its own report, at interpreter exit.
+            self._abort_registered = True
+            atexit.register(self._abort_at_exit)
+
+    def _abort_at_exit(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.world.Abort(1)
 
 
 def resolve_comm(choice: str, env: DistEnv, device: torch.device) -> str:
@@ -196,7 +398,7 @@ def resolve_comm(choice: str, env: DistEnv, device: torch.device) -> str:
     if env.method is not LaunchMethod.MPI or device.type != "cpu":
         return "torch"
     try:
-        import mpi4py  # noqa: F401
+        import mpi4py  # noqa: F401 - only whether it is installed
     except ImportError:
         return "torch"
     return "mpi"

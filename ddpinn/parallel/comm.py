@@ -3,7 +3,8 @@
 Defines the :class:`Communicator` interface (all-reduce, neighbour exchange, object
 collectives) and :class:`LocalComm`, the world of one process. The multi-process
 implementations live in :mod:`ddpinn.parallel.backends`. Every collective there has a timeout,
-so a dead peer becomes an error instead of a hang.
+so a dead peer becomes an error instead of a hang, and a peer that raised is noticed within a
+poll interval (:mod:`ddpinn.parallel.failure`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class Communicator(ABC):
 
     def barrier(self) -> None:
         self.all_reduce_sum(torch.zeros(1))
+
+    def report_failure(self, err: BaseException) -> None:
+        """This rank stops because of ``err``: tell the other ranks (so they stop too instead of
+        waiting for this one) and note on ``err`` how this rank reports and ends
+        (:func:`ddpinn.parallel.failure.note_ending`). Called by the session; never raises.
+        One process has nobody to tell."""
 
     def close(self) -> None:
         """Release the process group (idempotent)."""

@@ -38,6 +38,9 @@ class DistEnv:
     method: LaunchMethod
     master_addr: str | None = None
     master_port: int | None = None
+    restart: int = 0
+    """How many times torchrun restarted the job (``TORCHELASTIC_RESTART_COUNT``): what one
+    attempt posts to the rendezvous store must not be read by the next."""
 
     @property
     def is_distributed(self) -> bool:
@@ -70,7 +73,7 @@ def _torchrun(env) -> DistEnv | None:
         return None
     return DistEnv(
         rank, size, _int(env, "LOCAL_RANK") or 0, _int(env, "LOCAL_WORLD_SIZE") or size, LaunchMethod.ENV,
-        env.get("MASTER_ADDR"), _int(env, "MASTER_PORT"),
+        env.get("MASTER_ADDR"), _int(env, "MASTER_PORT"), _int(env, "TORCHELASTIC_RESTART_COUNT") or 0,
     )
 
 

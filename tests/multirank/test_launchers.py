@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .harness import mpiexec, rel_diff
+from .harness import free_port, mpiexec, rel_diff, scaled
 from .test_equivalence import config
-from .test_faults import free_port
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,10 +31,10 @@ def final_loss(tmp_path: Path, name: str) -> float:
     return json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])["loss"]
 
 
-def run(cmd, env=None, timeout=240):
+def run(cmd, env=None, timeout=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            **(env or {})}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout or scaled(240))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -74,6 +73,6 @@ def test_srun_style_launch_from_slurm_variables(tmp_path, single_loss):
         for r in range(2)
     ]
     for p in procs:
-        _, err = p.communicate(timeout=240)
+        _, err = p.communicate(timeout=scaled(240))
         assert p.returncode == 0, err[-3000:]
     assert rel_diff(single_loss, final_loss(tmp_path, "slurm")) < 1e-10

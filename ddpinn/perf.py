@@ -1,14 +1,30 @@
-"""Process-level performance settings, applied explicitly by the session (never on import)."""
+"""Process-level performance settings and decisions, applied explicitly (never on import).
+
+Defines the CPU thread default (:func:`default_threads`, applied by :func:`set_threads` from
+the session), the allocator setting (:func:`tune_cpu_allocator`), and the decision whether
+``torch.compile`` pays back for a run (:func:`decide_compile`, with its inputs: the cold compile
+time model :func:`cold_compile_estimate` and the per-cache record :class:`CompileRecord`), used
+by the trainer for ``train.compile: auto``. The pure functions here import nothing heavy.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
+import json
 import os
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
-import torch
-
-__all__ = ["tune_cpu_allocator", "set_threads"]
+__all__ = [
+    "available_cores", "default_threads", "set_threads", "tune_cpu_allocator",
+    "CompileDecision", "decide_compile", "contention", "cold_compile_estimate", "CompileRecord",
+    "COMPILED_STEP_RATIO",
+]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -32,12 +48,267 @@ def tune_cpu_allocator() -> bool:
         return False
 
 
+# ---------------------------------------------------------------------------------- threads
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity: taskset, cpusets, SLURM's binding)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(*, configured: int | None, omp_num_threads: str | None, cores: int, local_ranks: int) -> int:
+    """Intra-op threads per process: ``run.threads`` if set, else ``OMP_NUM_THREADS`` (what
+    cluster job scripts set), else the node's cores *less one* shared among its ranks, at least 1.
+
+    Why one core is left out: an OpenMP team meets at a barrier after every parallel operation,
+    hundreds of times per step. When another process holds one of the team's cores, every
+    barrier waits for a descheduled thread, and the step collapses: on this 2-core machine P4
+    L=4 went from 13.5 to 214 ms/step eager, a user problem from 114 to 4 steps/s. A team one
+    core smaller than the machine keeps running at its own pace; alone it gives up 1/cores of the
+    machine (on 2 cores: one thread, about 1.4x slower per step at best, never 25x).
+    """
+    if configured:
+        return configured
+    if omp_num_threads and omp_num_threads.strip().isdigit() and int(omp_num_threads) > 0:
+        return int(omp_num_threads)
+    return max(1, (cores - 1) // max(local_ranks, 1))
+
+
 def set_threads(threads: int | None, local_world_size: int) -> int:
-    """Intra-op threads: as configured, else ``OMP_NUM_THREADS`` (what cluster job scripts set),
-    else the machine's cores shared among the local ranks (ranks on one node must not each take
-    every core: oversubscribed OpenMP threads spin against each other)."""
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    n = threads or (int(env) if env.isdigit() and int(env) > 0 else 0)
-    n = n or max(1, (os.cpu_count() or 1) // max(local_world_size, 1))
+    """Apply :func:`default_threads` to torch (intra-op threads) and return the count."""
+    import torch
+
+    n = default_threads(
+        configured=threads,
+        omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+        cores=available_cores(),
+        local_ranks=local_world_size,
+    )
     torch.set_num_threads(n)
     return n
+
+
+# ---------------------------------------------------------------------------------- compile
+COMPILED_STEP_RATIO = 0.5
+"""Expected compiled / eager time per step on one thread (this project's 2-core CPU,
+``benchmarks/speed.py``: P1 2.07 / 3.83 ms = 0.54, P4 L=4 5.05 / 13.0 ms = 0.39)."""
+
+# Cold compile of a step that runs n forward operators: measured 14.4 s (P1, 85 operators) and
+# 39.3 s (P4 L=4, 239) on this project's 2-core CPU with nothing else running, i.e. ~1 s + 0.16 s
+# per operator. The model adds a margin (a busy machine compiles 2-3x slower: P4 L=4 took 94 s
+# at a load average of 6); an over-estimate only keeps a short run eager.
+_COLD_SECONDS_BASE = 5.0
+_COLD_SECONDS_PER_OP = 0.2
+# A compile that hits torch's cache (FX graph and AOTAutograd caches) took 3.6-7 s for the same steps.
+_WARM_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class CompileDecision:
+    """Whether ``torch.compile`` pays back over the steps left, and the figures it rests on."""
+
+    compile: bool
+    compile_s: float
+    """Expected compile time, seconds."""
+    saving_s: float
+    """Expected time saved by the compiled step over the steps left, seconds (before compiling)."""
+    cached: bool
+    """Whether ``compile_s`` assumes torch's compile cache already holds this step."""
+
+    def describe(self) -> str:
+        where = "warm compile cache" if self.cached else "cold compile cache"
+        if self.compile:
+            return (f"compiling the training step: ~{self.compile_s:.0f} s to compile ({where}) saves "
+                    f"~{self.saving_s:.0f} s over the steps left")
+        return (f"training eager: compiling would take ~{self.compile_s:.0f} s ({where}) and save only "
+                f"~{self.saving_s:.0f} s over the steps left (train.compile: on forces it)")
+
+
+def decide_compile(*, compile_s: float, steps_left: int, eager_ms: float, compiled_ms: float,
+                   cached: bool = False) -> CompileDecision:
+    """Compile when the expected saving over ``steps_left`` steps, ``steps_left * (eager_ms -
+    compiled_ms)`` (ms per step), exceeds the expected compile time ``compile_s`` (seconds)."""
+    saving = max(steps_left, 0) * (eager_ms - compiled_ms) / 1e3
+    return CompileDecision(compile=saving > compile_s, compile_s=compile_s, saving_s=saving, cached=cached)
+
+
+def contention(wall_s: float, cpu_s: float, threads: int) -> float:
+    """How many times slower than alone this process runs: wall time over CPU time per thread
+    for the same stretch of work (1 when each thread has its own core; 4 when it gets a quarter
+    of one, as beside 7 busy processes on 2 cores). A compile run now would be slowed alike."""
+    if cpu_s <= 0 or wall_s <= 0:
+        return 1.0
+    return max(1.0, wall_s * max(threads, 1) / cpu_s)
+
+
+def cold_compile_estimate(n_ops: int) -> float:
+    """Seconds to compile a training step of ``n_ops`` operators (its forward, as traced) with an
+    empty compile cache: a fixed cost (compiler start, headers) plus a cost per operator (the
+    generated C++ kernels of the forward and backward); P4 L=4 (239 operators): 53 s."""
+    return _COLD_SECONDS_BASE + _COLD_SECONDS_PER_OP * n_ops
+
+
+def graph_fingerprint(op_names: list[str], shapes: list[tuple[int, ...]], torch_version: str) -> str:
+    """A key for one traced step: the operators it ran, in order, the input shapes and the torch
+    version (what torch's own compile cache keys on, approximately)."""
+    text = json.dumps([torch_version, op_names, shapes])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class CompileRecord:
+    """Compile times measured earlier for each step fingerprint, kept beside torch's compile cache
+    (``<cache dir>/ddpinn_compile_times.json``), so that a compile cache that holds a step is known
+    to be warm and a fresh one cold. Entries: fingerprint -> {"cold_s": float, "warm_s": float?}."""
+
+    path: Path
+    entries: dict[str, dict[str, float]]
+
+    @classmethod
+    def load(cls, cache_dir: str | Path) -> CompileRecord:
+        path = Path(cache_dir) / "ddpinn_compile_times.json"
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            entries = {}
+        return cls(path, entries if isinstance(entries, dict) else {})
+
+    def estimate(self, fingerprint: str, n_ops: int) -> tuple[float, bool]:
+        """Expected compile seconds and whether the cache is taken to hold this step: the last
+        warm compile, else a fraction of the cold one recorded, else the cold model."""
+        entry: Mapping[str, float] = self.entries.get(fingerprint, {})
+        if "warm_s" in entry:
+            return entry["warm_s"], True
+        if "cold_s" in entry:
+            return _WARM_FRACTION * entry["cold_s"], True
+        return cold_compile_estimate(n_ops), False
+
+    def store(self, fingerprint: str, seconds: float, cached: bool) -> None:
+        """Record a measured compile (best effort: an unwritable cache directory is skipped)."""
+        self.entries.setdefault(fingerprint, {})["warm_s" if cached else "cold_s"] = seconds
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.entries, indent=1))
+            tmp.replace(self.path)
+        except OSError:
+            pass
+
+
+class TracedOps:
+    """Counts the operators one call runs (a torch dispatch mode) and fingerprints them."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(self, fn: Callable, *args):
+        """``fn(*args)``, counting the operators it runs."""
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        names, shapes = self.names, self.shapes
+
+        class _Count(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, f_args=(), kwargs=None):
+                out = func(*f_args, **(kwargs or {}))
+                names.append(str(func))
+                if isinstance(out, torch.Tensor):
+                    shapes.append(tuple(out.shape))
+                return out
+
+        with _Count():
+            return fn(*args)
+
+    def fingerprint(self) -> str:
+        import torch
+
+        return graph_fingerprint(self.names, self.shapes, torch.__version__)
+
+
+class StepFunction:
+    """``local_terms(batch)`` as ``train.compile`` says: ``off`` eager; ``on`` compiled from the
+    first call; ``auto`` eager for the first ``probe_calls`` calls, which time the eager step
+    (call to call: forward, backward and optimiser), then compiled from there on if
+    :func:`decide_compile` says it pays back over the steps left. A failing ``torch.compile``
+    falls back to eager.
+
+    The trainer reads :attr:`compiling` after a step (the call that compiled), reports the
+    compile with :meth:`compiled_in`, and records :attr:`mode` in the summary.
+    """
+
+    def __init__(self, eager: Callable, *, mode: str, total_steps: int, gather: Callable[[object], list],
+                 message: Callable[[str], None], probe_calls: int = 30) -> None:
+        """``eager``: the uncompiled ``local_terms``; ``gather(obj)``: every rank's ``obj``
+        (a collective: all ranks decide alike); ``message(text)``: a progress line."""
+        self.eager, self.total_steps, self.gather, self.message = eager, total_steps, gather, message
+        self.probe_calls = probe_calls if mode == "auto" else 0
+        self.mode = "eager"
+        """How the step runs: "eager", "compiled", or "eager (torch.compile failed)"."""
+        self.compiling = False
+        """True after the call that compiled (or tried to), until the trainer has reported it."""
+        self._fn = self.eager if mode == "off" else None
+        self._calls = 0
+        self._call_times: list[float] = []
+        self._cpu_times: list[float] = []
+        self._trace: TracedOps | None = None
+        self._cached = False
+        self._record: CompileRecord | None = None
+
+    def __call__(self, batch):
+        if self._fn is not None:
+            return self._fn(batch)
+        self._calls += 1
+        if self._calls <= self.probe_calls:
+            self._call_times.append(time.perf_counter())
+            self._cpu_times.append(time.process_time())
+            if self._calls == 2:  # the first call builds lazily; trace a settled one
+                self._trace = TracedOps()
+                return self._trace.run(self.eager, batch)
+            return self.eager(batch)
+        if self.probe_calls and not self._decide():
+            self._fn = self.eager
+            return self.eager(batch)
+        return self._compile(batch)
+
+    def _decide(self) -> bool:
+        import torch
+        import torch._inductor.runtime.cache_dir_utils as inductor_cache
+
+        intervals = [b - a for a, b in zip(self._call_times[2:], self._call_times[3:])]
+        eager_ms = 1e3 * statistics.median(intervals)
+        self._record = CompileRecord.load(inductor_cache.cache_dir())
+        compile_s, self._cached = self._record.estimate(self._trace.fingerprint(), len(self._trace.names))
+        # On a busy machine the eager steps were slowed, and a compile would be slowed alike.
+        busy = contention(self._call_times[-1] - self._call_times[2], self._cpu_times[-1] - self._cpu_times[2],
+                          torch.get_num_threads())
+        slowest = self.gather((eager_ms, compile_s * busy))
+        eager_ms, compile_s = max(s[0] for s in slowest), max(s[1] for s in slowest)
+        decision = decide_compile(
+            compile_s=compile_s, steps_left=self.total_steps - self._calls + 1, eager_ms=eager_ms,
+            compiled_ms=COMPILED_STEP_RATIO * eager_ms, cached=self._cached,
+        )
+        self.message(decision.describe())
+        return decision.compile
+
+    def _compile(self, batch):
+        import torch
+
+        self.compiling = True
+        compiled = torch.compile(self.eager)
+        try:
+            out = compiled(batch)
+        except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
+            self.message(f"torch.compile failed ({type(err).__name__}: {err}); continuing in eager mode")
+            self.mode, self._fn = "eager (torch.compile failed)", self.eager
+            return self.eager(batch)
+        self.mode, self._fn = "compiled", compiled
+        return out
+
+    def compiled_in(self, seconds: float) -> None:
+        """Report the compile measured by the trainer (the whole step's time that compiled, or
+        tried to), recorded for the next run's estimate."""
+        self.compiling = False
+        if self.mode == "compiled" and self._record is not None and self._trace is not None:
+            self._record.store(self._trace.fingerprint(), seconds, self._cached)

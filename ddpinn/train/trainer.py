@@ -28,6 +28,7 @@ from ddpinn.parallel.comm import Communicator
 from ddpinn.parallel.layout import ParallelLayout
 from ddpinn.parallel.parallelize import parallelize_model
 from ddpinn.parallel.sync import GradientSync
+from ddpinn.perf import StepFunction
 from ddpinn.train import checkpoint as ckpt_io
 from ddpinn.train.diagnose import initial_non_finite_cause
 from ddpinn.train.evaluation import TestErrors, test_errors
@@ -80,7 +81,6 @@ class Trainer:
         self.lbfgs = LBFGS(named, dot_by_name(self.sync.dot, params, named), self.cfg.lbfgs.history, self.cfg.lbfgs.lr)
         self.progress = Progress(exp.total_steps, self.is_root and not quiet)
         self.compile_seconds = 0.0
-        self._compile_pending = False
         self.step_mode = "eager"
         """How the step runs: "eager", "compiled", or "eager (torch.compile failed)"."""
         self.local_terms = self._choose_step_function()
@@ -130,12 +130,14 @@ class Trainer:
         parameter, if they are not finite."""
         t0 = time.perf_counter()
         terms = self._adam_step(step, batch) if step < self.cfg.train.steps else self._lbfgs_step(batch)
-        if self._compile_pending:
-            # The first step compiles the forward graph and, at backward(), the backward graph.
-            self._compile_pending = False
+        if self.local_terms.compiling:
+            # This step compiled the forward graph and, at backward(), the backward graph.
             self.compile_seconds = time.perf_counter() - t0
+            self.local_terms.compiled_in(self.compile_seconds)
+            self.step_mode = self.local_terms.mode
             self.progress.pause(self.compile_seconds)
-            self.progress.message(f"compiled the training step (forward and backward) in {self.compile_seconds:.1f} s")
+            if self.step_mode == "compiled":
+                self.progress.message(f"compiled the training step (forward and backward) in {self.compile_seconds:.1f} s")
         return terms
 
     def _adam_step(self, step: int, batch: EvaluationBatch) -> torch.Tensor:
@@ -177,32 +179,15 @@ class Trainer:
         every = self.cfg.sampling.resample_every
         return step // every if every else 0
 
-    def _choose_step_function(self):
+    def _choose_step_function(self) -> StepFunction:
         def local_terms(batch: EvaluationBatch) -> torch.Tensor:
             return self.objective.terms(self.model(batch), batch)
 
-        mode = self.cfg.train.compile
-        if mode == "off" or (mode == "auto" and self.cfg.train.steps < 2000):
-            return local_terms
-        compiled = torch.compile(local_terms)
-        state = {"fn": None}
-
-        def first_call_compiles(batch: EvaluationBatch) -> torch.Tensor:
-            if state["fn"] is not None:
-                return state["fn"](batch)
-            try:
-                out = compiled(batch)
-                state["fn"] = compiled
-                self.step_mode = "compiled"
-            except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
-                self.progress.message(f"torch.compile failed ({type(err).__name__}: {err}); continuing in eager mode")
-                out = local_terms(batch)
-                state["fn"] = local_terms
-                self.step_mode = "eager (torch.compile failed)"
-            return out
-
-        self._compile_pending = True
-        return first_call_compiles
+        # auto: eager first, compiled once the measured eager step shows that compiling pays back.
+        return StepFunction(
+            local_terms, mode=self.cfg.train.compile, total_steps=self.exp.total_steps,
+            gather=self.comm.allgather_object, message=self.progress.message,
+        )
 
     # ------------------------------------------------------------------ evaluation and logging
     @torch.no_grad()

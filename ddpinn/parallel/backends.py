@@ -232,8 +232,14 @@ class TorchComm(_ChannelComm):
                     work.wait(timeout)
                     break
                 except RuntimeError as err:
-                    if work.is_completed():  # the operation itself failed: a peer died or closed
-                        raise self._broken(what, err) from err
+                    # The slice ran out, or the operation failed (a peer died or closed). A
+                    # completed work says which: waiting on it again returns or re-raises at once.
+                    if work.is_completed():
+                        try:
+                            work.wait(timeout)
+                            break
+                        except RuntimeError as failed:
+                            raise self._broken(what, failed) from err
                 timeout = self._slice
                 self._check_peers(what)
                 if time.monotonic() - start > self.timeout_s:

@@ -37,17 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 README_CONFIG = "configs/poisson2d_L4_quick.yaml"
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def load_average() -> float:
     """The 1-minute load average (runnable processes); 2 means both cores of this machine busy."""
     return os.getloadavg()[0]
@@ -144,11 +133,12 @@ def main() -> None:
     p.add_argument("--out", default="results/cold_start.json")
     args = p.parse_args()
     repeats = 1 if args.quick else args.repeats
+    from ddpinn.perf import machine
     common = {
         "config": args.config,
         "cache": args.cache,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "torch": torch_version(),
         "python": platform.python_version(),
     }

@@ -46,40 +46,6 @@ CASES = {
 }
 
 
-PROBE_SIZE = 384
-PROBE_REPEATS = 7
-
-
-def machine_probe_ms() -> float:
-    """Milliseconds for a fixed float32 workload on one thread, best of 7: 8 matrix products of
-    384x384 and tanh of 384x384x8 values, the kinds of work a training step does."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        gen = torch.Generator().manual_seed(0)
-        a = torch.randn(PROBE_SIZE, PROBE_SIZE, generator=gen)
-        b = torch.randn(8, PROBE_SIZE, PROBE_SIZE, generator=gen)
-        best = float("inf")
-        for _ in range(PROBE_REPEATS):
-            t0 = time.perf_counter()
-            torch.tanh(torch.matmul(a, b)).sum().item()
-            best = min(best, time.perf_counter() - t0)
-        return 1e3 * best
-    finally:
-        torch.set_num_threads(threads)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def worker(case: str, mode: str, steps: int, threads: int | None, budget_s: float) -> dict:
     import resource
     import tempfile
@@ -88,6 +54,7 @@ def worker(case: str, mode: str, steps: int, threads: int | None, budget_s: floa
 
     from ddpinn.build import build_experiment
     from ddpinn.cli import _load
+    from ddpinn.perf import machine_probe_ms
     from ddpinn.session import make_layout, open_session
     from ddpinn.train.trainer import Trainer
 
@@ -154,8 +121,9 @@ def main() -> None:
     env = dict(os.environ)
     if args.omp_wait_policy:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
-    common = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": f"{cpu_model()}, {os.cpu_count()} cores", "load": args.load}
+    from ddpinn.perf import machine
+
+    common = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "load": args.load}
     rows = []
     print(f"{'case':6} {'mode':8} {'thr':>3} {'ms/step':>22} {'probe ms':>8} {'ms/probe':>22} {'µs/pair':>7} "
           f"{'start s':>7} {'compile s':>9}  load")

@@ -6,8 +6,10 @@ Run it like training, under any launcher:
     python benchmarks/step_profile.py configs/poisson2d_L5.yaml --steps 50
     torchrun --standalone --nproc_per_node=2 benchmarks/step_profile.py configs/poisson2d_L5.yaml --steps 50
 
-Rank 0 prints a table and writes ``--json`` (default results/step_profile.json). Times are
-medians over the measured steps. "idle" is the time a rank would wait for the slowest rank's
+Rank 0 prints a table and writes ``--json`` (default results/step_profile.json), with the date,
+the machine, torch's version and the machine-speed probe (``ddpinn.perf.machine_probe_ms``, timed
+by rank 0 after the steps; ``step_ms_per_probe`` compares across days). The step runs eager
+unless ``--set train.compile=on``. Times are medians over the measured steps. "idle" is the time a rank would wait for the slowest rank's
 local compute (max over ranks of compute minus its own).
 """
 
@@ -18,6 +20,7 @@ import json
 import statistics
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ from ddpinn.build import build_experiment
 from ddpinn.cli import _load
 from ddpinn.parallel.analysis import rank_traffic
 from ddpinn.parallel.stats import InstrumentedComm
+from ddpinn.perf import machine, machine_probe_ms
 from ddpinn.session import make_layout, open_session
 from ddpinn.train.trainer import Trainer
 
@@ -101,7 +105,13 @@ def profile(config: str, overrides: list[str], steps: int, warmup: int) -> dict 
         max_compute = max(r["ms"]["compute"] for r in rows)
         for r in rows:
             r["ms"]["idle"] = max_compute - r["ms"]["compute"]
+        probe = machine_probe_ms()
         return {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(),
+            "torch": torch.__version__,
+            "probe_ms": probe,
+            "step_ms_per_probe": max(r["ms"]["step"] for r in rows) / probe,
             "config": config,
             "overrides": overrides,
             "world_size": comm.world_size,
@@ -121,7 +131,8 @@ def _peak_rss_mb() -> float:
 
 
 def print_table(result: dict) -> None:
-    print(f"{result['config']} on {result['world_size']} rank(s), {result['comm']}, {result['threads']} thread(s)/rank")
+    print(f"{result['config']} on {result['world_size']} rank(s), {result['comm']}, {result['threads']} thread(s)/rank; "
+          f"{result['machine']}, probe {result['probe_ms']:.2f} ms, {result['date']}")
     print(f"  {result['layout']}")
     head = f"{'rank':>4} {'step':>8} {'compute':>8} {'exchange':>8} {'allred':>8} {'optim':>8} {'idle':>8}   " \
            f"{'pairs':>8} {'halo':>6} {'sent B/step':>12} {'analytic B':>11} {'diff':>6}"
@@ -148,7 +159,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--json", default="results/step_profile.json")
     args = p.parse_args()
-    result = profile(args.config, args.overrides, args.steps, args.warmup)
+    # Eager unless asked: train.compile=auto would compile in the middle of the measured steps.
+    result = profile(args.config, ["train.compile=off", *args.overrides], args.steps, args.warmup)
     if result is None:
         return
     print_table(result)

@@ -1,7 +1,8 @@
 """Process-level performance settings and decisions, applied explicitly (never on import).
 
 Defines the CPU thread default (:func:`default_threads`, applied by :func:`set_threads` from
-the session), the allocator setting (:func:`tune_cpu_allocator`), and the decision whether
+the session), the allocator setting (:func:`tune_cpu_allocator`), the machine-speed probe of
+the benchmarks (:func:`machine_probe_ms`, :func:`machine`), and the decision whether
 ``torch.compile`` pays back for a run (:func:`decide_compile`, with its inputs: the cold compile
 time model :func:`cold_compile_estimate` and the per-cache record :class:`CompileRecord`), used
 by the trainer for ``train.compile: auto``. The pure functions here import nothing heavy.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "available_cores", "default_threads", "set_threads", "tune_cpu_allocator",
+    "available_cores", "default_threads", "set_threads", "tune_cpu_allocator", "machine_probe_ms", "machine",
     "CompileDecision", "decide_compile", "contention", "cold_compile_estimate", "CompileRecord",
     "COMPILED_STEP_RATIO",
 ]
@@ -87,6 +88,50 @@ def set_threads(threads: int | None, local_world_size: int) -> int:
     )
     torch.set_num_threads(n)
     return n
+
+
+# ---------------------------------------------------------------------------------- machine speed
+PROBE_SIZE = 384
+PROBE_REPEATS = 7
+
+
+def machine_probe_ms() -> float:
+    """Milliseconds for a fixed float32 workload on one thread, best of 7: 8 matrix products of
+    384x384 and a tanh over the result, the kinds of work a training step does. Benchmarks divide
+    their ms per step by it, so that figures from days when this VM ran faster or slower compare."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(PROBE_SIZE, PROBE_SIZE, generator=gen)
+        b = torch.randn(8, PROBE_SIZE, PROBE_SIZE, generator=gen)
+        best = float("inf")
+        for _ in range(PROBE_REPEATS):
+            t0 = time.perf_counter()
+            torch.tanh(torch.matmul(a, b)).sum().item()
+            best = min(best, time.perf_counter() - t0)
+        return 1e3 * best
+    finally:
+        torch.set_num_threads(threads)
+
+
+def machine() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one) and the cores this process may use."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if not model:
+        import platform
+
+        model = platform.processor() or platform.machine()
+    return f"{model}, {available_cores()} cores"
 
 
 # ---------------------------------------------------------------------------------- compile

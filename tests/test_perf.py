@@ -241,3 +241,17 @@ def test_fingerprint_names_the_operators_and_shapes_a_step_ran():
     trace = TracedOps()
     trace.run(step, torch.ones(4, 3))
     assert len(trace.names) >= 3 and any("tanh" in n for n in trace.names)
+
+
+# ---------------------------------------------------------------------------------- machine probe
+def test_probe_times_one_thread_and_gives_the_threads_back():
+    from ddpinn.perf import machine, machine_probe_ms
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ms = machine_probe_ms()
+        assert 0 < ms < 10_000 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert machine().endswith(" cores") and len(machine()) > len(" cores")

@@ -66,7 +66,6 @@ def worker(case: str, mode: str, steps: int, threads: int | None, budget_s: floa
         comm, device = session.comm, session.device
         trainer = Trainer(exp, comm=comm, layout=make_layout(exp, 1), device=device, run_dir=Path(tmp), quiet=True)
         batch = trainer.batches.training_batch(0)
-        trainer.batches.test_set()  # built before the first step in a run, as Trainer.train does
         trainer.train_step(0, batch)
         startup = time.perf_counter() - T_START - trainer.compile_seconds
         usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -111,6 +111,5 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
         ckpt_io.restore(point.checkpoint, trainer.param_groups, None)
         if point.note and comm.rank == 0:
             print(f"ddpinn: warning: {point.note}", file=sys.stderr, flush=True)
-        test = trainer.batches.test_set()
-        errors = trainer.evaluate(test)
+        errors = trainer.evaluate(trainer.test_set)
         return {"step": point.checkpoint.step, "errors": errors.as_dict() if errors else None}

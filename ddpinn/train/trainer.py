@@ -7,6 +7,7 @@ for one process and for many.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -98,7 +99,6 @@ class Trainer:
             errors = TestErrors(**summary["errors"]) if summary.get("errors") else None
             return TrainingResult(step, summary["loss"], errors, 0.0, 0.0)
         batch = self.batches.training_batch(epoch)
-        test = self.batches.test_set()
         adam_steps, total = self.cfg.train.steps, self.exp.total_steps
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_root, resume_step=step if resume else None)
         errors, terms, t_start = None, None, time.perf_counter()
@@ -111,7 +111,7 @@ class Trainer:
             step += 1
             evaluate = step == total or (self.cfg.train.eval_every and step % self.cfg.train.eval_every == 0)
             if evaluate:
-                errors = self.evaluate(test)
+                errors = self.evaluate(self.test_set)
             if evaluate or step % self.cfg.train.log_every == 0:
                 self._log(metrics, step, terms, errors if evaluate else None)
             if step == total or (self.cfg.train.checkpoint_every and step % self.cfg.train.checkpoint_every == 0):
@@ -119,8 +119,8 @@ class Trainer:
         train_seconds = time.perf_counter() - t_start
         if terms is None:  # a complete checkpoint without a summary (stopped while finishing)
             terms = self.sync.reduce(self.local_terms(batch).detach()).terms
-            errors = self.evaluate(test)
-        self._finish(test, errors, step, float(terms.sum()), train_seconds)
+            errors = self.evaluate(self.test_set)
+        self._finish(self.test_set, errors, step, float(terms.sum()), train_seconds)
         return TrainingResult(step, float(terms.sum()), errors, train_seconds, self.compile_seconds)
 
     # ------------------------------------------------------------------ steps
@@ -190,6 +190,12 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ evaluation and logging
+    @functools.cached_property
+    def test_set(self) -> TestSet:
+        """This process's part of the test grid, built at the first evaluation: a large grid costs
+        a second of set-up that the first training step should not wait for."""
+        return self.batches.test_set()
+
     @torch.no_grad()
     def predict(self, batch: EvaluationBatch) -> torch.Tensor:
         """u at the batch's own points: [n_own, n_out]."""

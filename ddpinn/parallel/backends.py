@@ -161,6 +161,7 @@ class TorchComm(_ChannelComm):
         self._await = self._await_gloo if self.backend == "gloo" else self._await_cuda
         self._first_slice = datetime.timedelta(seconds=_SPIN_S)
         self._slice = datetime.timedelta(seconds=self.poll_s)
+        self._p2p_timeout = datetime.timedelta(seconds=timeout_s)
         host, port, init_method = self._rendezvous_address(env)
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -215,11 +216,10 @@ class TorchComm(_ChannelComm):
     def _await_gloo(self, what: str, works: Sequence[tuple[int | None, Any]], collective: bool) -> None:
         """Wait for every ``(peer, work)`` (peer None for collectives)."""
         start = time.monotonic()
-        if not collective:  # point-to-point: one blocking wait, gloo's own deadline
+        if not collective:  # point-to-point: one blocking wait each, gloo's own deadline
             for _, work in works:
-                left = self.timeout_s - (time.monotonic() - start)
                 try:
-                    work.wait(datetime.timedelta(seconds=max(left, 1e-3)))
+                    work.wait(self._p2p_timeout)
                 except RuntimeError as err:
                     if time.monotonic() - start < self.timeout_s:
                         raise self._broken(what, err) from err

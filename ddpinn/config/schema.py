@@ -283,7 +283,8 @@ class ParallelConfig:
     """How ranks are found: ``auto`` (torchrun env, SLURM, Open MPI, MPICH/PMI, else one process),
     ``env``, ``slurm``, ``mpi`` or ``none``."""
     timeout_s: float = 300.0
-    """Seconds any collective may wait before the job is stopped with an error."""
+    """Seconds a collective waits for a stuck or dead rank before the job stops with an error naming
+    it; a rank that raises stops the others within about a second, whatever this is."""
     balance: str = "points"
     """How the process grid's cuts are placed: ``points`` (equal point counts) or ``uniform``."""
 

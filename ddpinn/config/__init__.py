@@ -4,40 +4,8 @@
 :mod:`ddpinn.config.loader` reads YAML and ``--set`` overrides into it. Both are re-exported here.
 """
 
-from ddpinn.config.loader import apply_overrides, convert_value, from_dict, load_config, to_dict
-from ddpinn.config.schema import (
-    Config,
-    ConfigError,
-    DecompositionConfig,
-    LBFGSConfig,
-    LevelConfig,
-    NetworkConfig,
-    OptimizerConfig,
-    ParallelConfig,
-    ProblemConfig,
-    RunConfig,
-    SamplingConfig,
-    ScheduleConfig,
-    TrainConfig,
-)
+from ddpinn.config import loader, schema
+from ddpinn.config.loader import *  # noqa: F403 - the package's API is its two modules' APIs
+from ddpinn.config.schema import *  # noqa: F403
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "DecompositionConfig",
-    "LBFGSConfig",
-    "LevelConfig",
-    "NetworkConfig",
-    "OptimizerConfig",
-    "ParallelConfig",
-    "ProblemConfig",
-    "RunConfig",
-    "SamplingConfig",
-    "ScheduleConfig",
-    "TrainConfig",
-    "apply_overrides",
-    "convert_value",
-    "from_dict",
-    "load_config",
-    "to_dict",
-]
+__all__ = [*schema.__all__, *loader.__all__]

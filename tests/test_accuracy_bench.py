@@ -111,6 +111,13 @@ def test_fewer_than_three_seeds_are_refused(bench, capsys):
     assert "at least 3 distinct seeds" in capsys.readouterr().err
 
 
+def test_default_jobs_fill_the_cores_with_one_thread_each(bench, monkeypatch):
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 16)
+    assert bench.parse_args([]).jobs == 16
+    assert bench.parse_args(["--threads", "4"]).jobs == 4
+    assert bench.parse_args(["--threads", "32"]).jobs == 1
+
+
 TINY = {
     "problem": {"name": "cos1d", "params": {"omega": 15.0}},
     "decomposition": {"levels": [{"subdomains": 6}], "overlap": 1.9},
@@ -129,7 +136,7 @@ def test_each_seed_trains_into_a_fresh_directory_on_every_invocation(bench, tmp_
     case = bench.Case("T", "tiny", (bench.Run("FBPINN", "tiny", targets=(bench.Target("rel_l2", 10.0, 20, "test"),)),))
     monkeypatch.setattr(bench, "CASES", (case,))
     out, report = tmp_path / "out", tmp_path / "accuracy.json"
-    argv = ["--seeds", "0", "1", "2", "--out", str(out), "--json", str(report)]
+    argv = ["--seeds", "0", "1", "2", "--out", str(out), "--json", str(report), "--jobs", "1"]
 
     assert bench.main(argv) == 0
     (row,) = json.loads(report.read_text())
@@ -174,7 +181,7 @@ def test_quick_mode_reports_shortened_runs_as_quick_and_leaves_later_targets_unj
     monkeypatch.setattr(bench, "CASES", (bench.Case("T", "tiny", (quick, full_only)),))
     report = tmp_path / "quick.json"
 
-    assert bench.main(["--quick", "--out", str(tmp_path / "out"), "--json", str(report)]) == 0
+    assert bench.main(["--quick", "--out", str(tmp_path / "out"), "--json", str(report), "--jobs", "1"]) == 0
     (row,) = json.loads(report.read_text())
     assert (row["mode"], row["step"], row["config"], row["overrides"]) == ("quick", 10, "configs/tiny_quick.yaml",
                                                                            ["train.steps=10"])

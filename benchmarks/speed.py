@@ -65,7 +65,8 @@ def worker(case: str, mode: str, steps: int, threads: int | None, budget_s: floa
     with open_session(cfg) as session, tempfile.TemporaryDirectory() as tmp:
         comm, device = session.comm, session.device
         trainer = Trainer(exp, comm=comm, layout=make_layout(exp, 1), device=device, run_dir=Path(tmp), quiet=True)
-        batch = trainer.batches.training_batch(0)
+        trainer.points.start(0, None)
+        batch = trainer.points.batch
         trainer.train_step(0, batch)
         startup = time.perf_counter() - T_START - trainer.compile_seconds
         usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -50,7 +50,9 @@ def profile(config: str, overrides: list[str], steps: int, warmup: int) -> dict 
         t_setup = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(exp, comm=comm, layout=layout, device=device, run_dir=Path(tmp), quiet=True)
-            batch = trainer.batches.training_batch(0)
+            trainer.points.start(0, None)
+            batch = trainer.points.batch
+            n_terms, adam = len(trainer.objective.names), trainer.phases.adam.optimizer
             setup_seconds = time.perf_counter() - t_setup
             phases: dict[str, list[float]] = {k: [] for k in ("forward_backward", "exchange", "all_reduce", "optimizer", "step")}
             for i in range(warmup + steps):
@@ -59,15 +61,15 @@ def profile(config: str, overrides: list[str], steps: int, warmup: int) -> dict 
                 exchange_before = comm.stats.seconds.get("exchange", 0.0)
                 sync(device)
                 t0 = time.perf_counter()
-                trainer.adam.zero_grad(set_to_none=True)
-                local = trainer.local_terms(batch)
+                adam.zero_grad(set_to_none=True)
+                local = trainer.engine.local(batch, trainer.weighting.weights())[:n_terms]
                 local.sum().backward()
                 sync(device)
                 t1 = time.perf_counter()
                 trainer.sync.reduce(local.detach())
                 sync(device)
                 t2 = time.perf_counter()
-                trainer.adam.step()
+                adam.step()
                 sync(device)
                 t3 = time.perf_counter()
                 if i >= warmup:

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from ddpinn.parallel.env import LaunchError
     from ddpinn.parallel.layout import LayoutError
     from ddpinn.train.checkpoint import CheckpointError
-    from ddpinn.train.trainer import NonFiniteLossError
+    from ddpinn.train.diagnose import NonFiniteLossError
 
     try:
         if args.command == "train":

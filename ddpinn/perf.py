@@ -273,7 +273,7 @@ class TracedOps:
 
 
 class StepFunction:
-    """``local_terms(batch)`` as ``train.compile`` says: ``off`` eager; ``on`` compiled from the
+    """``local_terms(*args)`` as ``train.compile`` says: ``off`` eager; ``on`` compiled from the
     first call; ``auto`` eager for the first ``probe_calls`` calls, which time the eager step
     (call to call: forward, backward and optimiser), then compiled from there on if
     :func:`decide_compile` says it pays back over the steps left. A failing ``torch.compile``
@@ -301,21 +301,21 @@ class StepFunction:
         self._cached = False
         self._record: CompileRecord | None = None
 
-    def __call__(self, batch):
+    def __call__(self, *args):
         if self._fn is not None:
-            return self._fn(batch)
+            return self._fn(*args)
         self._calls += 1
         if self._calls <= self.probe_calls:
             self._call_times.append(time.perf_counter())
             self._cpu_times.append(time.process_time())
             if self._calls == 2:  # the first call builds lazily; trace a settled one
                 self._trace = TracedOps()
-                return self._trace.run(self.eager, batch)
-            return self.eager(batch)
+                return self._trace.run(self.eager, *args)
+            return self.eager(*args)
         if self.probe_calls and not self._decide():
             self._fn = self.eager
-            return self.eager(batch)
-        return self._compile(batch)
+            return self.eager(*args)
+        return self._compile(*args)
 
     def _decide(self) -> bool:
         import torch
@@ -337,17 +337,17 @@ class StepFunction:
         self.message(decision.describe())
         return decision.compile
 
-    def _compile(self, batch):
+    def _compile(self, *args):
         import torch
 
         self.compiling = True
         compiled = torch.compile(self.eager)
         try:
-            out = compiled(batch)
+            out = compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
             self.message(f"torch.compile failed ({type(err).__name__}: {err}); continuing in eager mode")
             self.mode, self._fn = "eager (torch.compile failed)", self.eager
-            return self.eager(batch)
+            return self.eager(*args)
         self.mode, self._fn = "compiled", compiled
         return out
 

@@ -12,12 +12,13 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["stream_key", "uniform", "normal"]
+__all__ = ["mix", "stream_key", "uniform", "normal"]
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-def _mix(z: np.ndarray) -> np.ndarray:
+def mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective scramble of uint64 values (vectorised)."""
     z = (z + np.uint64(0x9E3779B97F4A7C15)) & _MASK
     z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK
     z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK
@@ -34,8 +35,8 @@ def uniform(key: int, ids: np.ndarray, n: int) -> np.ndarray:
     """Uniform [0, 1) float64 values: [len(ids), n]; row i depends only on (key, ids[i])."""
     with np.errstate(over="ignore"):
         ids = np.asarray(ids, dtype=np.uint64).reshape(-1, 1)
-        base = _mix(np.uint64(key) ^ _mix(ids))
-        z = _mix(base + np.arange(n, dtype=np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03))
+        base = mix(np.uint64(key) ^ mix(ids))
+        z = mix(base + np.arange(n, dtype=np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03))
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 

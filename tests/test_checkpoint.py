@@ -351,8 +351,9 @@ def test_state_is_matched_to_parameters_by_name(run_dir, tmp_path):
             np.testing.assert_array_equal(pair.y[name].numpy(), ckpt.arrays[str(ArrayKey(name, f"lbfgs_y{k}"))])
 
     path = tmp_path / "again.h5"
+    points = {k: v for k, v in ckpt.arrays.items() if k.startswith("points/")}
     save_checkpoint(path, groups=[group], comm=LocalComm(), step=ckpt.step, epoch=ckpt.epoch, phase=ckpt.phase,
-                    config_yaml=ckpt.config, adam=adam, lbfgs=lbfgs)
+                    config_yaml=ckpt.config, adam=adam, lbfgs=lbfgs, point_rows=points)
     again = load_checkpoint(path)
     assert again.adam_step == ckpt.adam_step and again.arrays.keys() == ckpt.arrays.keys()
     for key, value in ckpt.arrays.items():

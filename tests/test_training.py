@@ -77,6 +77,16 @@ RESUME_CASES = {
         },
         15,
     ),
+    "rad-resampled-before-and-after-checkpoint": (
+        {"sampling": {"method": "uniform", "n": 150, "adaptive": {"method": "rad", "every": 8, "candidate_factor": 4}},
+         "train": {"steps": 40, "checkpoint_every": 20}},
+        20,
+    ),
+    "rar_d-grown-set": (
+        {"sampling": {"method": "halton", "n": 100, "adaptive": {"method": "rar_d", "every": 6, "add": 7}},
+         "train": {"steps": 30, "checkpoint_every": 15}},
+        15,
+    ),
     "adam-then-lbfgs": ({"train": {"steps": 20, "checkpoint_every": 25}, "lbfgs": {"steps": 10}}, 25),
     "inverse-trainable-parameter": (
         {"problem": {"name": "harmonic_inverse", "params": {"w0": 20.0}}, "train": {"steps": 30, "checkpoint_every": 15},
@@ -90,8 +100,8 @@ def _snapshot_at(monkeypatch, step: int, target):
     """Copy the run directory right after the checkpoint of ``step`` is written."""
     original = Trainer.save
 
-    def save(self, at_step, epoch):
-        original(self, at_step, epoch)
+    def save(self, at_step):
+        original(self, at_step)
         if at_step == step:
             shutil.copytree(self.run_dir, target)
 
@@ -206,7 +216,9 @@ def test_loss_terms_are_weighted_mean_squares(tmp_path):
         for p in model.parameters():
             p.add_(0.3)
     u = model(batch)  # [n, J, 1], rows (), (0,), (0, 0)
-    terms = Objective(exp.problem, exp.spec).terms(u, batch).detach()
+    objective = Objective(exp.problem, exp.spec)
+    weights = {name: torch.tensor(w, dtype=torch.float64) for name, w in objective.base_weights().items()}
+    terms = objective.terms(objective.squared_residuals(u, batch), weights, batch).detach()
     pde = u[batch.groups["pde"]]
     r = pde[:, 2, 0] + 2 * 2.0 * pde[:, 1, 0] + 80.0**2 * pde[:, 0, 0]
     at0 = u[batch.groups["u(0)=1"]][0, :, 0]

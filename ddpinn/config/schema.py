@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "AdaptiveSamplingConfig",
+    "BalancedConfig",
+    "CausalConfig",
     "Config",
     "ConfigError",
     "DecompositionConfig",
     "LBFGSConfig",
     "LevelConfig",
+    "LossConfig",
     "NetworkConfig",
     "OptimizerConfig",
     "ParallelConfig",
@@ -26,6 +30,7 @@ __all__ = [
     "RunConfig",
     "SamplingConfig",
     "ScheduleConfig",
+    "SelfAdaptiveConfig",
     "TrainConfig",
 ]
 
@@ -183,6 +188,42 @@ class LBFGSConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class AdaptiveSamplingConfig:
+    """Residual-based collocation points (Wu et al. 2023): every ``every`` Adam steps, draw
+    ``candidate_factor · n`` candidates with ``sampling.method``, score them by the PDE residual
+    of the current model, and form the density p ∝ |r|^exponent / mean(|r|^exponent) + offset."""
+
+    method: str = "none"
+    """``none``, ``rad`` (replace all collocation points by n draws from p, without replacement)
+    or ``rar_d`` (add the ``add`` candidates of highest p to the growing set)."""
+    every: int = 1000
+    """Adam steps between two resamplings."""
+    candidate_factor: float = 10.0
+    """Candidates drawn per resampling, as a multiple of the collocation points (>= 1)."""
+    exponent: float = 1.0
+    """a in |r|^a (>= 0; 0 gives uniform resampling)."""
+    offset: float = 1.0
+    """c added to the normalised density (>= 0; larger is closer to uniform)."""
+    add: int = 10
+    """``rar_d``: points added per resampling."""
+    max_points: int | None = None
+    """``rar_d``: stop adding once the collocation set has this many points (default: 2 n)."""
+
+    def __post_init__(self) -> None:
+        _choice("sampling.adaptive.method", self.method, ("none", "rad", "rar_d"))
+        _positive("sampling.adaptive.every", self.every)
+        if not (self.candidate_factor >= 1 and math.isfinite(self.candidate_factor)):
+            raise ConfigError(f"sampling.adaptive.candidate_factor: must be >= 1, got {self.candidate_factor}")
+        _positive("sampling.adaptive.exponent", self.exponent, allow_zero=True)
+        _positive("sampling.adaptive.offset", self.offset, allow_zero=True)
+        if self.exponent == 0 and self.offset == 0:
+            raise ConfigError("sampling.adaptive.offset: with exponent 0 the density is 1 + offset; both 0 is 0/0")
+        _positive("sampling.adaptive.add", self.add)
+        if self.max_points is not None:
+            _positive("sampling.adaptive.max_points", self.max_points)
+
+
+@dataclass(kw_only=True, slots=True)
 class SamplingConfig:
     method: str = "grid"
     """Collocation points: ``grid``, ``uniform`` (per cell), ``sobol`` or ``halton``."""
@@ -195,6 +236,8 @@ class SamplingConfig:
     """Draw new collocation points every this many steps (0: never; not for ``grid``)."""
     test_n: int | list[int] = 1000
     """Test grid: points per axis (a list), or a total rounded to a grid as for ``n``."""
+    adaptive: AdaptiveSamplingConfig = field(default_factory=AdaptiveSamplingConfig)
+    """Residual-based adaptive collocation points (RAD, RAR-D)."""
 
     def __post_init__(self) -> None:
         _choice("sampling.method", self.method, ("grid", "uniform", "sobol", "halton"))
@@ -206,6 +249,86 @@ class SamplingConfig:
         _positive("sampling.resample_every", self.resample_every, allow_zero=True)
         if self.resample_every and self.method == "grid":
             raise ConfigError("sampling.resample_every: grid points never change; use method uniform, sobol or halton")
+        if self.adaptive.method != "none":
+            if self.resample_every:
+                raise ConfigError(
+                    f"sampling.resample_every: {self.adaptive.method} draws new points itself every "
+                    "sampling.adaptive.every steps; set resample_every to 0"
+                )
+            if self.method == "grid":
+                raise ConfigError(
+                    f"sampling.method: {self.adaptive.method} draws its candidates at random; use uniform, sobol or halton"
+                )
+
+
+@dataclass(kw_only=True, slots=True)
+class SelfAdaptiveConfig:
+    """Self-adaptive weights (McClenny & Braga-Neto): a trainable λ per collocation and soft
+    constraint point, the loss term Σ m(λ_i) r_i² / N maximised over λ by Adam ascent."""
+
+    mask: str = "square"
+    """m(λ): ``square`` (λ²), ``softplus`` or ``identity`` (λ, kept >= 0)."""
+    lr: float = 5e-3
+    """Learning rate of the ascent on λ."""
+    init: float = 1.0
+    """Initial λ of every point (also of points added by resampling)."""
+
+    def __post_init__(self) -> None:
+        _choice("loss.self_adaptive.mask", self.mask, ("square", "softplus", "identity"))
+        _positive("loss.self_adaptive.lr", self.lr)
+        _positive("loss.self_adaptive.init", self.init)
+
+
+@dataclass(kw_only=True, slots=True)
+class BalancedConfig:
+    """Balanced global term weights (Wang, Teng, Perdikaris; Wang et al. 2023): every ``every``
+    steps, λ̂_t = Σ_s ‖∇L_s‖ / ‖∇L_t‖ from each term's gradient norm, λ ← α λ + (1 − α) λ̂."""
+
+    every: int = 100
+    """Adam steps between two updates of the weights."""
+    momentum: float = 0.9
+    """α of the moving average (0: take λ̂ as it is)."""
+
+    def __post_init__(self) -> None:
+        _positive("loss.balanced.every", self.every)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"loss.balanced.momentum: must be in [0, 1), got {self.momentum}")
+
+
+@dataclass(kw_only=True, slots=True)
+class CausalConfig:
+    """Causal weighting (Wang, Sankaran, Perdikaris 2024): the time axis is cut into ``chunks``;
+    the residual weight of chunk i is exp(−ε Σ_{j<i} L_j), L_j the chunk's mean squared residual."""
+
+    enabled: bool = False
+    """Apply causal weights to the PDE residual (needs a time input)."""
+    axis: str = "t"
+    """The input axis that is time."""
+    chunks: int = 16
+    """Time chunks (>= 2)."""
+    epsilon: float = 1.0
+    """ε, the causality parameter (>= 0; 0 gives the plain loss)."""
+
+    def __post_init__(self) -> None:
+        if self.chunks < 2:
+            raise ConfigError(f"loss.causal.chunks: need at least 2 time chunks, got {self.chunks}")
+        _positive("loss.causal.epsilon", self.epsilon, allow_zero=True)
+
+
+@dataclass(kw_only=True, slots=True)
+class LossConfig:
+    weighting: str = "fixed"
+    """How loss terms are weighted: ``fixed`` (the problem's constraint weights), ``self_adaptive``
+    (a trainable weight per point) or ``balanced`` (term weights from gradient norms)."""
+    self_adaptive: SelfAdaptiveConfig = field(default_factory=SelfAdaptiveConfig)
+    """Settings of ``self_adaptive``."""
+    balanced: BalancedConfig = field(default_factory=BalancedConfig)
+    """Settings of ``balanced``."""
+    causal: CausalConfig = field(default_factory=CausalConfig)
+    """Causal weights for time-dependent problems, combined with any weighting."""
+
+    def __post_init__(self) -> None:
+        _choice("loss.weighting", self.weighting, ("fixed", "self_adaptive", "balanced"))
 
 
 @dataclass(kw_only=True, slots=True)
@@ -312,6 +435,8 @@ class Config:
     """Optional L-BFGS refinement after Adam."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Collocation and test points."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """How the loss terms and their points are weighted."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Steps, logging, evaluation, checkpoints."""
     run: RunConfig = field(default_factory=RunConfig)
@@ -322,6 +447,11 @@ class Config:
     def __post_init__(self) -> None:
         if self.train.steps + self.lbfgs.steps == 0:
             raise ConfigError("train.steps: zero steps in total; set train.steps (Adam) or lbfgs.steps > 0")
+        if self.loss.weighting == "self_adaptive" and self.train.steps == 0:
+            raise ConfigError(
+                "loss.weighting: self_adaptive weights are learnt by ascent during the Adam steps; with "
+                "train.steps 0 (L-BFGS only) they would stay at their initial value. Set train.steps > 0"
+            )
         if isinstance(self.parallel.level_policy, list) and isinstance(self.decomposition.levels, int):
             if len(self.parallel.level_policy) != self.decomposition.levels:
                 raise ConfigError(

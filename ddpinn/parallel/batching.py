@@ -1,9 +1,10 @@
 """Evaluation batches for one process: its own points, its halo points and the exchange plan.
 
-Defines :class:`BatchFactory`, which the trainer asks for the training batch of a sampling
-epoch and for the test batch. On one process this is :func:`~ddpinn.model.batch.build_batch`
-over all points; on several, each rank samples its block only, receives the coordinates of its
-halo points from the neighbours that own them (once per sampling), and gets an exchange plan.
+Defines :class:`BatchFactory`, which turns a rank's own points (per loss term) into an
+evaluation batch: the rank receives the coordinates of its halo points from the neighbours that
+own them (once per point set) and gets an exchange plan. One process is the same path with no
+neighbours and an empty plan. The trainer asks it for training batches, for batches of scoring
+candidates (adaptive sampling) and for the test batch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from ddpinn.build import Experiment
 from ddpinn.jets import JetSpec
-from ddpinn.model.batch import EvaluationBatch, build_batch
+from ddpinn.model.batch import EvaluationBatch
 from ddpinn.parallel.comm import Communicator
 from ddpinn.parallel.layout import ParallelLayout
 
@@ -29,24 +30,24 @@ class BatchFactory:
         self.held = layout.held(comm.rank)
         self.value_spec = JetSpec.closure(exp.problem.dim, [])
 
-    def _batch(self, groups: dict[str, np.ndarray], spec: JetSpec, data: dict[str, np.ndarray]) -> EvaluationBatch:
-        exp = self.exp
-        if self.comm.world_size == 1:
-            return build_batch(
-                exp.problem, exp.decomposition, exp.window, spec, groups, dtype=exp.dtype, device=self.device, data=data
-            )
+    def batch(self, groups: dict[str, np.ndarray], spec: JetSpec | None = None,
+              data: dict[str, np.ndarray] | None = None) -> EvaluationBatch:
+        """The batch of own points ``groups`` (name -> [n, dim] float64), with jets ``spec`` (the
+        problem's by default) and observed values ``data`` (name -> [n, k]). A collective."""
         from ddpinn.parallel.exchange.plan import build_distributed_batch
 
-        return build_distributed_batch(exp, self.layout, self.comm, groups, spec, self.held, self.device, data)
+        return build_distributed_batch(
+            self.exp, self.layout, self.comm, groups, spec or self.exp.spec, self.held, self.device, data or {}
+        )
 
-    def training_batch(self, epoch: int) -> EvaluationBatch:
-        block = self.block
-        return self._batch(self.exp.training_points(epoch, block), self.exp.spec, self.exp.observations(block))
+    def training_batch(self, groups: dict[str, np.ndarray]) -> EvaluationBatch:
+        """The training batch of the own points ``groups``, with the observations in the block."""
+        return self.batch(groups, data=self.exp.observations(self.block))
 
     def test_set(self) -> TestSet:
         """Value-only batch on the own test points, with the exact solution there."""
         x = self.exp.test_points(self.block)
-        batch = self._batch({"test": x}, self.value_spec, {})
+        batch = self.batch({"test": x}, self.value_spec)
         exact = self.exp.problem.exact(torch.from_numpy(x))
         if exact is not None:
             exact = exact.reshape(x.shape[0], -1).detach().double()

@@ -2,7 +2,8 @@
 
 ``parallelize_model(model, layout=..., comm=...)`` is the only place where the model meets
 communication: it installs the halo exchange as the model's partial-sum reduction when some
-level is partitioned over several ranks. The model module itself never imports
+level is partitioned (on one rank too, where the plan is empty, so that tests of one process
+run the same path). The model module itself never imports
 torch.distributed.
 """
 
@@ -16,7 +17,7 @@ __all__ = ["parallelize_model"]
 
 
 def parallelize_model(model: FBPINN, *, layout: ParallelLayout, comm: Communicator) -> FBPINN:
-    if comm.world_size > 1 and layout.any_partitioned:
+    if layout.any_partitioned:
         from ddpinn.parallel.exchange.op import apply_halo_exchange
 
         apply_halo_exchange(model, comm)

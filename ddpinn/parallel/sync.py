@@ -56,20 +56,17 @@ class GradientSync:
         if with_norm:
             partitioned_sq = sum((p.grad.detach() ** 2).sum() for p in self.partitioned if p.grad is not None)
             partitioned_sq = torch.as_tensor(partitioned_sq, dtype=scalars.dtype, device=scalars.device).reshape(1)
-        if self.comm.world_size == 1:
-            total_scalars, part_sq = scalars, partitioned_sq
-        else:
-            pieces = [g.reshape(-1).to(scalars.dtype) for g in grads] + [scalars]
-            if partitioned_sq is not None:
-                pieces.append(partitioned_sq)
-            flat = self.comm.all_reduce_sum(torch.cat(pieces))
-            offset = 0
-            for p, g in zip(self.replicated, grads):
-                n = g.numel()
-                p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
-                offset += n
-            total_scalars = flat[offset : offset + scalars.numel()]
-            part_sq = flat[offset + scalars.numel() :] if partitioned_sq is not None else None
+        pieces = [g.reshape(-1).to(scalars.dtype) for g in grads] + [scalars]
+        if partitioned_sq is not None:
+            pieces.append(partitioned_sq)
+        flat = self.comm.all_reduce_sum(torch.cat(pieces))
+        offset = 0
+        for p, g in zip(self.replicated, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
+            offset += n
+        total_scalars = flat[offset : offset + scalars.numel()]
+        part_sq = flat[offset + scalars.numel() :] if partitioned_sq is not None else None
         norm = None
         if with_norm:
             replicated_sq = sum((p.grad.detach() ** 2).sum() for p in self.replicated if p.grad is not None)

@@ -60,6 +60,7 @@ __all__ = [
     "load_checkpoint",
     "named_parameters",
     "param_groups",
+    "points_in_block",
     "previous_path",
     "restore",
     "save_checkpoint",
@@ -216,20 +217,25 @@ def save_checkpoint(
     config_yaml: str,
     adam: torch.optim.Optimizer | None,
     lbfgs: LBFGSState | None = None,
+    point_rows: dict[str, np.ndarray] | None = None,
+    global_arrays: dict[str, np.ndarray] | None = None,
 ) -> str | None:
     """Gather every subdomain's state to rank 0, write ``path`` and keep the checkpoint it
     replaces as :func:`previous_path`.
 
     ``groups``: from :func:`param_groups`; a process contributes its own subdomains of a
-    partitioned level, rank 0 alone the replicated ones. Returns, on rank 0, a note to show
+    partitioned level, rank 0 alone the replicated ones. ``point_rows``: this rank's per-point
+    arrays (``points/<group>/<field>``, rows of its own points), stored as every rank's rows in
+    rank order; a reader picks its points by position (:func:`points_in_block`).
+    ``global_arrays``: replicated state, written from rank 0. Returns, on rank 0, a note to show
     the user when the checkpoint being replaced was damaged (it is set aside, not rotated).
     """
-    local = _local_arrays(groups, adam, lbfgs)
+    local = (_local_arrays(groups, adam, lbfgs), dict(point_rows or {}))
     gathered = comm.allgather_object(local) if comm.world_size > 1 else [local]
     if comm.rank != 0:
         return None
     merged: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for part in gathered:
+    for part, _ in gathered:
         for key, piece in part.items():
             merged.setdefault(key, []).append(piece)
     arrays = {}
@@ -239,6 +245,9 @@ def save_checkpoint(
         if not np.array_equal(all_ids[order], np.arange(all_ids.size)):
             raise CheckpointError(f"{key}: subdomain ids from the ranks do not form 0..n-1")
         arrays[key] = np.concatenate([rows for _, rows in pieces])[order]
+    for key in gathered[0][1]:
+        arrays[key] = np.concatenate([rows[key] for _, rows in gathered])
+    arrays.update(global_arrays or {})
     attrs = {
         "format": FORMAT,
         "step": int(step),
@@ -411,6 +420,24 @@ def _verified_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- restoring
+def points_in_block(ckpt: Checkpoint, block) -> dict[str, dict[str, np.ndarray]]:
+    """The checkpoint's per-point arrays of the points inside ``block`` (an ownership
+    :class:`~ddpinn.geometry.Block`), in their stored order: group -> field -> rows; field ``x``
+    holds the points. Works for any rank count at writing and reading."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, rows in ckpt.arrays.items():
+        parts = key.split("/")
+        if parts[0] == "points" and len(parts) == 3:
+            out.setdefault(parts[1], {})[parts[2]] = rows
+    for group, fields in out.items():
+        if "x" not in fields:
+            raise CheckpointError(f"checkpoint {ckpt.path} is damaged: points/{group} has fields but no points/{group}/x")
+        mask = block.contains(fields["x"])
+        out[group] = {name: rows[mask] for name, rows in fields.items()}
+    return out
+
+
+
 def restore(ckpt: Checkpoint, groups: list[ParamGroup], adam: torch.optim.Optimizer | None) -> LBFGSState:
     """Load the held parameters and optimiser state of ``groups`` (rows picked by global id,
     state matched by parameter name). Every array is checked against its parameter first, so a

@@ -1,12 +1,17 @@
-"""Why the loss is not finite before any parameter update: the problem's definition, located.
+"""A non-finite loss, stopped before it reaches the parameters and explained.
 
-Defines :func:`initial_non_finite_cause`. At step 1 the parameters are the finite initial ones,
-so a NaN or infinity comes from the problem (its hard-constraint ansatz or a residual), never
-from the learning rate; this names which, and where.
+Defines :class:`NonFiniteLossError`, :class:`FiniteGuard` (the check every optimiser phase runs
+on the global terms before updating) and :func:`initial_non_finite_cause`. At step 1 the
+parameters are the finite initial ones, so a NaN or infinity comes from the problem (its
+hard-constraint ansatz or a residual), never from the learning rate; this names which, and
+where. Later, the message names the first subdomains whose parameters or gradients broke.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -14,7 +19,11 @@ from ddpinn.model.batch import EvaluationBatch
 from ddpinn.parallel.comm import Communicator
 from ddpinn.train.objective import Objective
 
-__all__ = ["initial_non_finite_cause"]
+__all__ = ["FiniteGuard", "NonFiniteLossError", "initial_non_finite_cause"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; raised on every rank at the same step."""
 
 
 def _bad_points(values: Tensor, x: Tensor) -> tuple[int, list[float] | None]:
@@ -52,3 +61,45 @@ def initial_non_finite_cause(model, objective: Objective, batch: EvaluationBatch
     if not found:
         return "no non-finite value found at the points on a second evaluation (non-deterministic problem code?)"
     return found[0]
+
+
+class FiniteGuard:
+    """``guard(terms, step, batch)`` raises :class:`NonFiniteLossError` on every rank (the terms
+    are global, so all ranks agree) when a term is not finite; ``step`` is 1-based."""
+
+    def __init__(self, model, objective: Objective, comm: Communicator, checkpoint_path: Path) -> None:
+        self.model, self.objective, self.comm, self.checkpoint_path = model, objective, comm, checkpoint_path
+
+    def __call__(self, terms: Tensor, step: int, batch: EvaluationBatch) -> None:
+        if bool(torch.isfinite(terms).all()):
+            return
+        bad_terms = [n for n, v in zip(self.objective.names, terms.tolist()) if not np.isfinite(v)]
+        if step == 1:
+            cause = initial_non_finite_cause(self.model, self.objective, batch, self.comm)
+            raise NonFiniteLossError(
+                f"non-finite loss at step 1, before any parameter update, in term(s) {bad_terms}: {cause}. "
+                f"This comes from the problem's definition, not from training (a division by zero, or a log or "
+                f"square root of a negative number, at those points?); no parameter was updated"
+            )
+        saved = (
+            f"the last checkpoint ({self.checkpoint_path}, verified when written) is from before this step"
+            if self.checkpoint_path.exists()
+            else "no checkpoint was written"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} in term(s) {bad_terms}; {self._non_finite_subdomains()}. Parameters "
+            f"were not updated and {saved}; lower optimizer.lr or set optimizer.clip_norm"
+        )
+
+    def _non_finite_subdomains(self) -> str:
+        local = []
+        for level, net in enumerate(self.model.nets):
+            for p in net.parameters():
+                for tensor, what in ((p, "parameter"), (p.grad, "gradient")):
+                    if tensor is None or tensor.numel() == 0:
+                        continue
+                    bad = ~torch.isfinite(tensor.detach()).reshape(tensor.shape[0], -1).all(dim=1)
+                    for i in torch.nonzero(bad).reshape(-1).tolist()[:3]:
+                        local.append(f"level {level + 1} subdomain {int(self.model.held[level][i])} ({what})")
+        found = sorted(set(sum(self.comm.allgather_object(local), [])))
+        return "first non-finite: " + ", ".join(found[:6]) if found else "parameters and gradients are finite"

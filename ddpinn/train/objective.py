@@ -1,8 +1,10 @@
 """The training objective: the PDE residual and the soft constraints as weighted loss terms.
 
-Defines :class:`Objective`. Each term is ``weight · Σ_own r² / N_global``: a process sums over
-its own points and divides by the global point count, so the loss is the all-reduced sum of the
-processes' terms and each process's gradient is its exact share.
+Defines :class:`Objective`. Each term is ``Σ_own w_i r_i² / N_global``, the weights w given by
+the run's :class:`~ddpinn.train.weighting.LossWeighting` (a number per term or one per point): a
+process sums over its own points and divides by the global point count, so the loss is the
+all-reduced sum of the processes' terms and each process's gradient is its exact share. The
+per-point squared residuals behind the terms serve training, adaptive sampling and diagnostics.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ class Objective:
         self.names = ["pde", *self.constraints]
         self.derivative_names = problem.derivative_names(spec)
 
-    def weight(self, name: str) -> float:
-        return 1.0 if name == "pde" else self.constraints[name].weight
+    def base_weights(self) -> dict[str, float]:
+        """The problem's hand-set weight of each term (1 for ``pde``)."""
+        return {name: 1.0 if name == "pde" else self.constraints[name].weight for name in self.names}
 
     def squared_residuals(self, u: Tensor, batch: EvaluationBatch) -> dict[str, Tensor]:
         """Each term's squared residual at this process's own points of that term, unweighted:
@@ -49,10 +52,11 @@ class Objective:
             out[name] = _squared_norm(residual)
         return out
 
-    def terms(self, u: Tensor, batch: EvaluationBatch) -> Tensor:
-        """Local contributions to each term, ``weight · Σ_own r² / N_global``: [n_terms]."""
+    def terms(self, squared: dict[str, Tensor], weights: dict[str, Tensor], batch: EvaluationBatch) -> Tensor:
+        """Local contributions to each term, ``Σ_own w_i r_i² / N_global``: [n_terms].
+        ``squared``: from :meth:`squared_residuals`; ``weights[name]``: 0-d or [n_own_points_of_term]."""
         out = []
-        for name, squared in self.squared_residuals(u, batch).items():
-            count = batch.global_counts[name]
-            out.append(squared.sum() * (self.weight(name) / count) if count and squared.numel() else u.new_zeros(()))
+        for name in self.names:
+            sq, count = squared[name], batch.global_counts[name]
+            out.append((sq * weights[name]).sum() / count if count and sq.numel() else sq.new_zeros(()))
         return torch.stack(out)

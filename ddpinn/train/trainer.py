@@ -1,8 +1,8 @@
 """The training loop: resume, step, log, evaluate, checkpoint. Nothing else.
 
-Defines :class:`Trainer` and :class:`NonFiniteLossError`. The model, the batches, the gradient
-synchronisation and the outputs are built elsewhere and handed in; the loop itself is the same
-for one process and for many.
+Defines :class:`Trainer`. The model, the point source, the loss weighting, the optimiser phases
+and the outputs are built elsewhere and composed here; the loop itself is the same for one
+process and for many, and for every sampling and weighting method.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 from ddpinn.build import Experiment
 from ddpinn.config import to_dict
-from ddpinn.io.outputs import MetricsLog, Progress, format_duration, write_results
+from ddpinn.io.outputs import MetricsLog, Progress, format_duration
 from ddpinn.io.rundir import write_text_atomic
 from ddpinn.model.batch import EvaluationBatch
 from ddpinn.model.trainables import TrainableParameters
@@ -30,19 +29,20 @@ from ddpinn.parallel.layout import ParallelLayout
 from ddpinn.parallel.parallelize import parallelize_model
 from ddpinn.parallel.sync import GradientSync
 from ddpinn.perf import StepFunction
+from ddpinn.points import SourceContext, make_point_source
 from ddpinn.train import checkpoint as ckpt_io
-from ddpinn.train.diagnose import initial_non_finite_cause
+from ddpinn.train.diagnose import FiniteGuard, NonFiniteLossError
+from ddpinn.train.engine import LossEngine
 from ddpinn.train.evaluation import TestErrors, test_errors
-from ddpinn.train.lbfgs import LBFGS, dot_by_name
+from ddpinn.train.finish import write_final_outputs
+from ddpinn.train.lbfgs import dot_by_name
 from ddpinn.train.objective import Objective
+from ddpinn.train.phases import AdamPhase, LBFGSPhase, PhasePlan
+from ddpinn.train.points import TrainingPoints
 from ddpinn.train.resume import check_same_model, find_resume_point
-from ddpinn.train.schedules import learning_rate
+from ddpinn.train.weighting import WeightingContext, make_weighting
 
 __all__ = ["Trainer", "NonFiniteLossError", "TrainingResult"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; raised on every rank at the same step."""
 
 
 @dataclass(frozen=True)
@@ -69,45 +69,58 @@ class Trainer:
         self.cfg = exp.cfg
         self.run_dir = Path(run_dir)
         self.is_root = comm.rank == 0
+        self.progress = Progress(exp.total_steps, self.is_root and not quiet)
         self.model = parallelize_model(exp.make_model(layout.held(comm.rank), device), layout=layout, comm=comm)
         self.trainables = TrainableParameters(exp.problem, exp.dtype, device)
         self.objective = Objective(exp.problem, exp.spec)
         self.sync = GradientSync(self.model, layout, comm, extra_replicated=list(self.trainables.parameters()))
         self.batches = BatchFactory(exp, layout, comm, device)
-        o = self.cfg.optimizer
-        fused = device.type in ("cpu", "cuda")
-        params = self.sync.params
-        self.adam = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
+        self.weighting = make_weighting(WeightingContext(
+            names=self.objective.names, base=self.objective.base_weights(), exp=exp, comm=comm, device=device,
+            dtype=exp.dtype,
+        ))
+        self.engine = LossEngine(self.model, self.objective, self.weighting, self.sync, None)
+        # auto: eager first, compiled once the measured eager step shows that compiling pays back.
+        self.engine.local = StepFunction(
+            self.engine.local_outputs, mode=self.cfg.train.compile, total_steps=exp.total_steps,
+            gather=comm.allgather_object, message=self.progress.message,
+        )
+        guard = FiniteGuard(self.model, self.objective, comm, self.run_dir / "checkpoint.h5")
         named = ckpt_io.named_parameters(self.model, self.trainables)
-        self.lbfgs = LBFGS(named, dot_by_name(self.sync.dot, params, named), self.cfg.lbfgs.history, self.cfg.lbfgs.lr)
-        self.progress = Progress(exp.total_steps, self.is_root and not quiet)
+        self.phases = PhasePlan(
+            AdamPhase(self.engine, self.sync.params, self.cfg, guard),
+            LBFGSPhase(self.engine, named, dot_by_name(self.sync.dot, self.sync.params, named), self.cfg, guard),
+            self.cfg.train.steps,
+        )
+        self.points = TrainingPoints(
+            make_point_source(SourceContext(exp, self.batches.block, comm)), self.batches, self.engine
+        )
+        self.refresh_seconds: list[float] = []
+        """Wall time of each point refresh (adaptive sampling: scoring, drawing, new batch)."""
         self.compile_seconds = 0.0
         self.step_mode = "eager"
         """How the step runs: "eager", "compiled", or "eager (torch.compile failed)"."""
-        self.local_terms = self._choose_step_function()
-        """``local_terms(batch)``: this process's contributions to each loss term, [n_terms]."""
         # Rank 0 writes replicated levels; every rank writes its own subdomains of partitioned ones.
         owned_levels = [layout.is_partitioned(l) or self.is_root for l in range(exp.decomposition.n_levels)]
         self.param_groups = ckpt_io.param_groups(self.model, self.trainables, owned_levels, self.is_root)
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume: bool = False) -> TrainingResult:
-        step, epoch = self._start(resume)
+        step = self._start(resume)
         if step >= self.exp.total_steps and (self.run_dir / "summary.json").exists():
             self.progress.message(f"the run is already at step {step}; raise train.steps to continue it")
             summary = json.loads((self.run_dir / "summary.json").read_text())
             errors = TestErrors(**summary["errors"]) if summary.get("errors") else None
             return TrainingResult(step, summary["loss"], errors, 0.0, 0.0)
-        batch = self.batches.training_batch(epoch)
-        adam_steps, total = self.cfg.train.steps, self.exp.total_steps
+        total = self.exp.total_steps
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_root, resume_step=step if resume else None)
         errors, terms, t_start = None, None, time.perf_counter()
         self.progress.restart_clock(step)
         while step < total:
-            if step < adam_steps and self._epoch(step) != epoch:
-                epoch = self._epoch(step)
-                batch = self.batches.training_batch(epoch)
-            terms = self.train_step(step, batch)
+            t_refresh = time.perf_counter()
+            if self.points.refresh_if_due(step):
+                self.refresh_seconds.append(time.perf_counter() - t_refresh)
+            terms = self.train_step(step, self.points.batch)
             step += 1
             evaluate = step == total or (self.cfg.train.eval_every and step % self.cfg.train.eval_every == 0)
             if evaluate:
@@ -115,10 +128,10 @@ class Trainer:
             if evaluate or step % self.cfg.train.log_every == 0:
                 self._log(metrics, step, terms, errors if evaluate else None)
             if step == total or (self.cfg.train.checkpoint_every and step % self.cfg.train.checkpoint_every == 0):
-                self.save(step, epoch)
+                self.save(step)
         train_seconds = time.perf_counter() - t_start
         if terms is None:  # a complete checkpoint without a summary (stopped while finishing)
-            terms = self.sync.reduce(self.local_terms(batch).detach()).terms
+            terms = self.engine.terms(self.points.batch)
             errors = self.evaluate(self.test_set)
         self._finish(self.test_set, errors, step, float(terms.sum()), train_seconds)
         return TrainingResult(step, float(terms.sum()), errors, train_seconds, self.compile_seconds)
@@ -129,65 +142,17 @@ class Trainer:
         terms and raises :class:`NonFiniteLossError` on every rank, before updating any
         parameter, if they are not finite."""
         t0 = time.perf_counter()
-        terms = self._adam_step(step, batch) if step < self.cfg.train.steps else self._lbfgs_step(batch)
-        if self.local_terms.compiling:
+        terms = self.phases.at(step).step(step, batch)
+        local = self.engine.local
+        if local.compiling:
             # This step compiled the forward graph and, at backward(), the backward graph.
             self.compile_seconds = time.perf_counter() - t0
-            self.local_terms.compiled_in(self.compile_seconds)
-            self.step_mode = self.local_terms.mode
+            local.compiled_in(self.compile_seconds)
+            self.step_mode = local.mode
             self.progress.pause(self.compile_seconds)
             if self.step_mode == "compiled":
                 self.progress.message(f"compiled the training step (forward and backward) in {self.compile_seconds:.1f} s")
         return terms
-
-    def _adam_step(self, step: int, batch: EvaluationBatch) -> torch.Tensor:
-        lr = learning_rate(self.cfg.optimizer.lr, self.cfg.optimizer.schedule, step, self.cfg.train.steps)
-        for group in self.adam.param_groups:
-            group["lr"] = lr
-        self.adam.zero_grad(set_to_none=True)
-        local = self.local_terms(batch)
-        local.sum().backward()
-        clip = self.cfg.optimizer.clip_norm
-        synced = self.sync.reduce(local.detach(), with_norm=clip is not None)
-        terms = synced.terms
-        # Before the update, so that a non-finite loss never reaches the parameters.
-        self._check_finite(terms, step + 1, batch)
-        if clip is not None:
-            factor = torch.clamp(clip / (synced.grad_norm + 1e-12), max=1.0)
-            for p in self.sync.params:
-                if p.grad is not None:
-                    p.grad.mul_(factor)
-        self.adam.step()
-        return terms
-
-    def _lbfgs_step(self, batch: EvaluationBatch) -> torch.Tensor:
-        last: list[torch.Tensor] = []
-
-        def closure() -> float:
-            self.adam.zero_grad(set_to_none=True)
-            local = self.local_terms(batch)
-            local.sum().backward()
-            terms = self.sync.reduce(local.detach()).terms
-            last[:] = [terms]
-            return float(terms.sum())
-
-        self.lbfgs.step(closure)
-        self._check_finite(last[0], self.cfg.train.steps + 1, batch)
-        return last[0]
-
-    def _epoch(self, step: int) -> int:
-        every = self.cfg.sampling.resample_every
-        return step // every if every else 0
-
-    def _choose_step_function(self) -> StepFunction:
-        def local_terms(batch: EvaluationBatch) -> torch.Tensor:
-            return self.objective.terms(self.model(batch), batch)
-
-        # auto: eager first, compiled once the measured eager step shows that compiling pays back.
-        return StepFunction(
-            local_terms, mode=self.cfg.train.compile, total_steps=self.exp.total_steps,
-            gather=self.comm.allgather_object, message=self.progress.message,
-        )
 
     # ------------------------------------------------------------------ evaluation and logging
     @functools.cached_property
@@ -210,115 +175,91 @@ class Trainer:
     def _log(self, metrics: MetricsLog, step: int, terms: torch.Tensor, errors: TestErrors | None) -> None:
         values = terms.tolist()
         rate = self.progress.rate(step)
+        counts = self.points.counts()
         record = {
             "step": step,
             "loss": float(sum(values)),
             "terms": dict(zip(self.objective.names, values)),
-            "lr": self.adam.param_groups[0]["lr"] if step <= self.cfg.train.steps else None,
+            "lr": self.phases.adam.lr if step <= self.cfg.train.steps else None,
             "steps_per_s": rate,
+            "points_per_rank": list(counts.values()),
         }
         if errors is not None:
             record.update(errors.as_dict())
-        extra = ""
+        extra = []
+        if self.comm.world_size > 1 or self.points.source.name in ("rad", "rar_d"):
+            extra.append(counts.describe() if self.comm.world_size > 1 else f"{sum(counts.values())} points")
+        weights = self.weighting.report()
+        if weights:
+            record["weighting"] = weights
+            extra.append(", ".join(f"{k} {v:.3g}" for k, v in weights.items()))
         if self.exp.problem.trainable:
             record["problem"] = self.trainables.current()
             record["problem_rel_error"] = self._parameter_errors()
-            extra = ", ".join(
+            extra.append(", ".join(
                 f"{k} {v:.4g}" + (f" ({100 * record['problem_rel_error'][k]:.2f}% off)" if k in record["problem_rel_error"] else "")
                 for k, v in record["problem"].items()
-            )
+            ))
         metrics.write(record)
-        self.progress.line(step, record["loss"], rate, errors.as_dict() if errors else None, extra)
+        self.progress.line(step, record["loss"], rate, errors.as_dict() if errors else None, " | ".join(extra))
 
     def _parameter_errors(self) -> dict[str, float]:
         truth = self.exp.problem.true_parameters()
         return {k: abs(v - truth[k]) / abs(truth[k]) for k, v in self.trainables.current().items() if truth.get(k)}
 
-    def _check_finite(self, terms: torch.Tensor, step: int, batch: EvaluationBatch) -> None:
-        if bool(torch.isfinite(terms).all()):
-            return
-        bad_terms = [n for n, v in zip(self.objective.names, terms.tolist()) if not np.isfinite(v)]
-        if step == 1:
-            cause = initial_non_finite_cause(self.model, self.objective, batch, self.comm)
-            raise NonFiniteLossError(
-                f"non-finite loss at step 1, before any parameter update, in term(s) {bad_terms}: {cause}. "
-                f"This comes from the problem's definition, not from training (a division by zero, or a log or "
-                f"square root of a negative number, at those points?); no parameter was updated"
-            )
-        where = self._non_finite_subdomains()
-        path = self.run_dir / "checkpoint.h5"
-        saved = (
-            f"the last checkpoint ({path}, verified when written) is from before this step"
-            if path.exists()
-            else "no checkpoint was written"
-        )
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step} in term(s) {bad_terms}; {where}. Parameters were not updated and "
-            f"{saved}; lower optimizer.lr or set optimizer.clip_norm"
-        )
-
-    def _non_finite_subdomains(self) -> str:
-        local = []
-        for level, net in enumerate(self.model.nets):
-            for p in net.parameters():
-                for tensor, what in ((p, "parameter"), (p.grad, "gradient")):
-                    if tensor is None or tensor.numel() == 0:
-                        continue
-                    bad = ~torch.isfinite(tensor.detach()).reshape(tensor.shape[0], -1).all(dim=1)
-                    for i in torch.nonzero(bad).reshape(-1).tolist()[:3]:
-                        local.append(f"level {level + 1} subdomain {int(self.model.held[level][i])} ({what})")
-        found = sorted(set(sum(self.comm.allgather_object(local), [])))
-        return "first non-finite: " + ", ".join(found[:6]) if found else "parameters and gradients are finite"
-
     # ------------------------------------------------------------------ checkpoints and outputs
-    def _start(self, resume: bool) -> tuple[int, int]:
-        start, checkpoint = (0, 0), None
+    def _start(self, resume: bool) -> int:
+        checkpoint = None
         if resume:
             point = find_resume_point(self.run_dir)
             checkpoint = point.checkpoint
             check_same_model(checkpoint, self.cfg, f"--resume {self.run_dir}")
-            self.lbfgs.state = ckpt_io.restore(checkpoint, self.param_groups, self.adam)
+            self.phases.lbfgs.state = ckpt_io.restore(checkpoint, self.param_groups, self.phases.adam.optimizer)
+            self.weighting.load_global_state(
+                {k.split("/", 1)[1]: v for k, v in checkpoint.arrays.items() if k.startswith("weighting/")}
+            )
             if point.note and self.is_root:
                 print(f"ddpinn: warning: {point.note}", file=sys.stderr, flush=True)
-            start = (checkpoint.step, checkpoint.epoch)
+        note = self.points.start(checkpoint.step if checkpoint else 0, checkpoint)
+        if note and self.is_root:
+            print(f"ddpinn: warning: {note}", file=sys.stderr, flush=True)
         if self.is_root:
             # On resume too: config.yaml follows the allowed changes (train.steps, say), so that
             # it always describes the run the checkpoints belong to.
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-        if checkpoint is not None:
-            self.progress.message(
-                f"resumed from step {checkpoint.step} of {checkpoint.path.name} (written by "
-                f"{checkpoint.world_size} rank(s), now {self.comm.world_size})"
-            )
-        return start
+        self.progress.message(f"points: {self.points.source.describe()}; loss weighting: {self.weighting.describe()}")
+        if checkpoint is None:
+            return 0
+        self.progress.message(
+            f"resumed from step {checkpoint.step} of {checkpoint.path.name} (written by "
+            f"{checkpoint.world_size} rank(s), now {self.comm.world_size})"
+        )
+        return checkpoint.step
 
-    def save(self, step: int, epoch: int) -> None:
+    def save(self, step: int) -> None:
         note = ckpt_io.save_checkpoint(
             self.run_dir / "checkpoint.h5",
             groups=self.param_groups,
             comm=self.comm,
             step=step,
-            epoch=epoch,
-            phase="adam" if step <= self.cfg.train.steps else "lbfgs",
+            epoch=self.points.source.event(step),
+            phase=self.phases.at(step - 1).name,
             config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
-            adam=self.adam,
-            lbfgs=self.lbfgs.state,
+            adam=self.phases.adam.optimizer,
+            lbfgs=self.phases.lbfgs.state,
+            point_rows=self.points.arrays(),
+            global_arrays={f"weighting/{k}": v for k, v in self.weighting.global_state().items()},
         )
         if note:
             print(f"ddpinn: warning: {note}", file=sys.stderr, flush=True)
 
     def _finish(self, test: TestSet, errors: TestErrors | None, step: int, loss: float, seconds: float) -> None:
         prediction = self.predict(test.batch).double().cpu().numpy()
-        gathered = self.comm.allgather_object(
-            (test.x, prediction, None if test.exact is None else test.exact.numpy())
-        )
-        if not self.is_root:
-            return
+        counts = self.points.counts()
         summary = {
             "step": step,
             "loss": loss,
-            "errors": errors.as_dict() if errors else None,
             "train_seconds": seconds,
             "compile_seconds": self.compile_seconds,
             "step_mode": self.step_mode,
@@ -326,53 +267,17 @@ class Trainer:
             "layout": self.layout.describe(),
             "decomposition": self.exp.decomposition.describe(),
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            "points": self.points.source.describe(),
+            "points_per_rank": list(counts.values()),
+            "point_imbalance": counts.imbalance,
+            "refresh_seconds": self.refresh_seconds,
+            "weighting": self.weighting.describe(),
         }
         if self.exp.problem.trainable:
             summary["problem"] = self.trainables.current()
             summary["problem_rel_error"] = self._parameter_errors()
-        (self.run_dir / "summary.json").write_text(json.dumps(_finite_or_null(summary), indent=2) + "\n")
-        x, prediction, exact = _assemble_grid(gathered, self.exp.decomposition.domain, self.exp.test_shape())
-        write_results(
-            self.run_dir / "results.h5",
-            x=x,
-            prediction=prediction,
-            exact=exact,
-            grid_shape=self.exp.test_shape(),
-            input_names=self.exp.problem.inputs,
-            output_names=self.exp.problem.outputs,
-            errors=errors.as_dict() if errors else {},
-            step=step,
-        )
         msg = f"done: {step} steps in {format_duration(seconds)}, loss {loss:.3e}"
         if errors:
-            msg += (
-                f", rel L2 {errors.rel_l2:.3e}, L1 {errors.l1:.3e}, normalised L1 {errors.normalised_l1:.3e}"
-            )
+            msg += f", rel L2 {errors.rel_l2:.3e}, L1 {errors.l1:.3e}, normalised L1 {errors.normalised_l1:.3e}"
         self.progress.message(msg)
-        if self.cfg.run.plots:
-            from ddpinn.io.plots import plot_run
-
-            for path in plot_run(self.run_dir):
-                self.progress.message(f"  wrote {path}")
-
-
-def _finite_or_null(value):
-    """JSON has no NaN or infinity: write null for them."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    return value
-
-
-def _assemble_grid(parts, domain, shape: tuple[int, ...]):
-    """Put every rank's (x, prediction, exact) rows into C-order grid positions."""
-    x = np.concatenate([p[0] for p in parts])
-    prediction = np.concatenate([p[1] for p in parts])
-    exact = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
-    axes = [np.linspace(domain.lo[a], domain.hi[a], n) if n > 1 else np.array([(domain.lo[a] + domain.hi[a]) / 2])
-            for a, n in enumerate(shape)]
-    # Test points are the same linspace values as ``axes``, so searchsorted finds them exactly.
-    index = tuple(np.clip(np.searchsorted(axes[a], x[:, a]), 0, n - 1) for a, n in enumerate(shape))
-    order = np.argsort(np.ravel_multi_index(index, shape), kind="stable")
-    return x[order], prediction[order], None if exact is None else exact[order]
+        write_final_outputs(self.run_dir, self.exp, self.comm, test, prediction, errors, summary, self.progress.message)

@@ -59,7 +59,7 @@ FAULTY = textwrap.dedent(
                 if self.error == "hang":
                     time.sleep(3600)
                 from ddpinn.config import ConfigError
-                from ddpinn.train.trainer import NonFiniteLossError
+                from ddpinn.train.diagnose import NonFiniteLossError
 
                 kinds = {"ConfigError": ConfigError, "NonFiniteLossError": NonFiniteLossError}
                 raise kinds.get(self.error, ZeroDivisionError)("problem.params: injected fault")

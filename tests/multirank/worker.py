@@ -60,10 +60,8 @@ def main() -> None:
         layout = make_layout(exp, comm.world_size)
         trainer = Trainer(exp, comm=comm, layout=layout, device=device, run_dir=cfg.run_dir, quiet=True)
         if mode == "equivalence":
-            batch = trainer.batches.training_batch(0)
-            local = trainer.local_terms(batch)
-            local.sum().backward()
-            terms = trainer.sync.reduce(local.detach()).terms
+            trainer.points.start(0, None)
+            terms = trainer.engine.loss_and_gradients(trainer.points.batch, 0).terms
             grads = gather_gradients(trainer, layout, comm)
             if comm.rank == 0:
                 out_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +70,8 @@ def main() -> None:
         elif mode == "adjoint":
             from ddpinn.parallel.exchange.op import halo_exchange, halo_exchange_adjoint
 
-            plan = trainer.batches.training_batch(0).exchange
+            trainer.points.start(0, None)
+            plan = trainer.points.batch.exchange
             gen = torch.Generator().manual_seed(100 + comm.rank)
             x = torch.randn(plan.n_eval, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
             y = torch.randn(plan.n_own, 3, 2, generator=gen, dtype=torch.float64)

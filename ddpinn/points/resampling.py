@@ -1,0 +1,42 @@
+"""Non-adaptive sources: fixed points, and uniform resampling every k steps (Random-R)."""
+
+from __future__ import annotations
+
+from ddpinn.points.base import PointSet, PointSource
+
+__all__ = ["FixedPoints", "RandomResampling"]
+
+
+class FixedPoints(PointSource):
+    """The seeded point set of ``sampling`` (grid or random), the same at every step."""
+
+    name = "fixed"
+
+    def initial(self) -> PointSet:
+        return PointSet(self.ctx.exp.training_points(0, self.ctx.block))
+
+
+class RandomResampling(PointSource):
+    """Random-R: a fresh draw of every point set every ``sampling.resample_every`` steps (epoch
+    e uses the random keys of epoch e, so the union over ranks does not depend on their number)."""
+
+    name = "random_r"
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.every = self.cfg.sampling.resample_every
+
+    def initial(self) -> PointSet:
+        return PointSet(self.ctx.exp.training_points(0, self.ctx.block))
+
+    def due(self, step: int) -> bool:
+        return 0 < step < self.cfg.train.steps and step % self.every == 0
+
+    def event(self, step: int) -> int:
+        return min(step, max(self.cfg.train.steps - 1, 0)) // self.every
+
+    def refresh(self, step: int, current: PointSet, score) -> PointSet:
+        return PointSet(self.ctx.exp.training_points(self.event(step), self.ctx.block))
+
+    def describe(self) -> str:
+        return f"random_r (uniform resampling every {self.every} steps)"

@@ -1,0 +1,96 @@
+"""Optimiser phases: Adam for ``train.steps``, then L-BFGS for ``lbfgs.steps``.
+
+Defines :class:`AdamPhase`, :class:`LBFGSPhase` and :class:`PhasePlan` (which phase runs a given
+step). A phase takes one step on a batch through the :class:`~ddpinn.train.engine.LossEngine` and
+owns its optimiser, whose state the checkpoint stores by parameter name (``level_1/W0``). The
+weighting's own trainable state (self-adaptive weights) is stepped by the weighting, inside the
+engine; L-BFGS freezes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from ddpinn.config import Config
+from ddpinn.model.batch import EvaluationBatch
+from ddpinn.train.engine import LossEngine
+from ddpinn.train.lbfgs import LBFGS, LBFGSState
+from ddpinn.train.schedules import learning_rate
+
+__all__ = ["AdamPhase", "LBFGSPhase", "PhasePlan"]
+
+CheckFinite = Callable[[Tensor, int, EvaluationBatch], None]
+"""``check(terms, step, batch)``: raises on every rank, before any update, if a term is not finite."""
+
+
+class AdamPhase:
+    name = "adam"
+
+    def __init__(self, engine: LossEngine, params: list[Tensor], cfg: Config, check: CheckFinite) -> None:
+        o = cfg.optimizer
+        self.engine, self.cfg, self.check = engine, cfg, check
+        fused = params[0].device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def step(self, step: int, batch: EvaluationBatch) -> Tensor:
+        """Adam step ``step`` (0-based); returns the global terms before the update."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg.optimizer.lr, self.cfg.optimizer.schedule, step, self.cfg.train.steps)
+        self.engine.weighting.before_step(step, lambda: self.engine.term_gradient_norms(batch))
+        clip = self.cfg.optimizer.clip_norm
+        result = self.engine.loss_and_gradients(batch, step, with_norm=clip is not None)
+        # Before the update, so that a non-finite loss never reaches the parameters.
+        self.check(result.terms, step + 1, batch)
+        if clip is not None:
+            factor = torch.clamp(clip / (result.grad_norm + 1e-12), max=1.0)
+            for p in self.optimizer.param_groups[0]["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(factor)
+        self.optimizer.step()
+        return result.terms
+
+
+class LBFGSPhase:
+    name = "lbfgs"
+
+    def __init__(self, engine: LossEngine, named: Mapping[str, Tensor], dot, cfg: Config, check: CheckFinite) -> None:
+        self.engine, self.cfg, self.check = engine, cfg, check
+        self.optimizer = LBFGS(named, dot, cfg.lbfgs.history, cfg.lbfgs.lr)
+
+    @property
+    def state(self) -> LBFGSState:
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value: LBFGSState) -> None:
+        self.optimizer.state = value
+
+    def step(self, step: int, batch: EvaluationBatch) -> Tensor:
+        self.engine.weighting.frozen = True  # a line search needs one fixed loss
+        last: list[Tensor] = []
+
+        def closure() -> float:
+            terms = self.engine.loss_and_gradients(batch, step).terms
+            last[:] = [terms]
+            return float(terms.sum())
+
+        self.optimizer.step(closure)
+        self.check(last[0], step + 1, batch)
+        return last[0]
+
+
+class PhasePlan:
+    """Adam for steps [0, train.steps), L-BFGS after."""
+
+    def __init__(self, adam: AdamPhase, lbfgs: LBFGSPhase, adam_steps: int) -> None:
+        self.adam, self.lbfgs, self.adam_steps = adam, lbfgs, adam_steps
+
+    def at(self, step: int) -> AdamPhase | LBFGSPhase:
+        return self.adam if step < self.adam_steps else self.lbfgs

@@ -1,0 +1,95 @@
+"""The training points a rank holds now, their batch, and their life through a run.
+
+Defines :class:`TrainingPoints`: it asks the run's :class:`~ddpinn.points.PointSource` for points
+at the start and at each sampling event, builds their batch (with the exchange plan) once per
+point set, tells the weighting so per-point state follows its points, and gives the checkpoint
+the points with their per-point state (restoring them on any rank count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from ddpinn.model.batch import EvaluationBatch
+from ddpinn.parallel.batching import BatchFactory
+from ddpinn.points import PointSet, PointSource
+from ddpinn.train.checkpoint import Checkpoint, points_in_block
+from ddpinn.train.engine import LossEngine
+
+__all__ = ["TrainingPoints", "PointCounts"]
+
+
+class PointCounts(dict):
+    """Collocation points per rank (all ranks), with the imbalance max / mean."""
+
+    @property
+    def imbalance(self) -> float:
+        values = list(self.values())
+        mean = sum(values) / len(values)
+        return max(values) / mean if mean else 1.0
+
+    def describe(self) -> str:
+        values = list(self.values())
+        return f"points/rank {min(values)}-{max(values)} (imbalance {self.imbalance:.2f})"
+
+
+class TrainingPoints:
+    def __init__(self, source: PointSource, batches: BatchFactory, engine: LossEngine) -> None:
+        self.source, self.batches, self.engine = source, batches, engine
+        self.points: PointSet | None = None
+        self.batch: EvaluationBatch | None = None
+        self._counts: PointCounts | None = None
+
+    # ------------------------------------------------------------------ life
+    def start(self, step: int, checkpoint: Checkpoint | None) -> str | None:
+        """The points in effect at ``step``: the source's initial ones, or those stored in
+        ``checkpoint`` with their per-point state. Returns a note for the user when the
+        checkpoint's points no longer match the sampling config (they are then drawn anew)."""
+        if checkpoint is None:
+            self._use(self.source.initial())
+            return None
+        stored = points_in_block(checkpoint, self.batches.block)
+        points, note = self.source.restore(step, {g: fields["x"] for g, fields in stored.items()})
+        self.engine.weighting.load_point_state({g: {k: v for k, v in f.items() if k != "x"} for g, f in stored.items()})
+        self._use(points)
+        return note
+
+    def refresh_if_due(self, step: int) -> bool:
+        """New points from the source when a sampling event falls before ``step``."""
+        if not self.source.due(step):
+            return False
+        self._use(self.source.refresh(step, self.points, self.score))
+        return True
+
+    def score(self, groups: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """|r| of the current model at own points ``groups`` (name -> [n, dim]); a collective."""
+        return self.engine.residual_norms(self.batches.batch(dict(groups)))
+
+    def _use(self, points: PointSet) -> None:
+        self.points, self._counts = points, None
+        self.batch = self.batches.training_batch(points.groups)
+        self.engine.weighting.on_points(points, self.batch)
+
+    # ------------------------------------------------------------------ reporting and checkpoints
+    def counts(self) -> PointCounts:
+        """Collocation (``pde``) points of every rank; a collective the first time after the
+        points change."""
+        if self._counts is not None:
+            return self._counts
+        local = torch.zeros(self.batches.comm.world_size, dtype=torch.float64)
+        local[self.batches.comm.rank] = len(self.points.groups["pde"])
+        total = self.batches.comm.all_reduce_sum(local)
+        self._counts = PointCounts({r: int(v) for r, v in enumerate(total.tolist())})
+        return self._counts
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """This rank's per-point arrays for the checkpoint: ``points/<group>/x`` and each
+        per-point state field of the weighting, rows aligned."""
+        out = {f"points/{g}/x": x for g, x in self.points.groups.items()}
+        for group, fields in self.engine.weighting.point_state().items():
+            for name, rows in fields.items():
+                out[f"points/{group}/{name}"] = rows
+        return out

@@ -1,6 +1,7 @@
 """PNG plots of a finished run, read back from its directory (so ``ddpinn plot RUN_DIR`` can
-redraw them): the solution, exact solution and error; the decomposition with its windows; and
-the loss and test-error curves."""
+redraw them): the solution, exact solution and error; the decomposition with its windows; the
+loss and test-error curves; and, for adaptive sampling, the collocation points at each
+sampling event over the solution."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def _pyplot():
 
 
 def plot_run(run_dir: Path) -> list[Path]:
-    """Write ``plots/solution.png``, ``plots/decomposition.png`` and ``plots/curves.png``."""
+    """Write ``plots/solution.png``, ``plots/decomposition.png``, ``plots/curves.png`` and, when
+    the run recorded its adaptive points, ``plots/points.png``."""
     try:
         plt = _pyplot()
     except ImportError:
@@ -40,7 +42,46 @@ def plot_run(run_dir: Path) -> list[Path]:
     metrics = read_metrics(run_dir / "metrics.jsonl")
     if metrics:
         written.append(_plot_curves(plt, metrics, out / "curves.png"))
+    events = recorded_points(run_dir)
+    if events and (run_dir / "results.h5").exists():
+        written.append(_plot_points(plt, events, run_dir / "results.h5", out / "points.png"))
     return written
+
+
+def recorded_points(run_dir: Path) -> dict[int, np.ndarray]:
+    """Collocation points recorded at each sampling event (all ranks' files joined): event -> [n, dim]."""
+    events: dict[int, list[np.ndarray]] = {}
+    for path in sorted((Path(run_dir) / "points").glob("event_*_rank*.npy")):
+        event = int(path.name.split("_")[1])
+        events.setdefault(event, []).append(np.load(path))
+    return {k: np.concatenate(v) for k, v in sorted(events.items())}
+
+
+def _plot_points(plt, events: dict[int, np.ndarray], results: Path, target: Path) -> Path:
+    """Up to six events (first, last and evenly between): the points over the predicted solution
+    (2-D) or as a histogram over x (1-D)."""
+    keys = list(events)
+    shown = [keys[i] for i in sorted(set(np.linspace(0, len(keys) - 1, min(6, len(keys))).round().astype(int)))]
+    with h5py.File(results, "r") as f:
+        x, pred = f["x"][()], f["prediction"][()]
+        inputs = list(f.attrs["inputs"])
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.0), squeeze=False)
+    for ax, event in zip(axes[0], shown):
+        pts = events[event]
+        if x.shape[-1] == 2:
+            ax.pcolormesh(x[..., 0], x[..., 1], pred[..., 0], shading="auto", cmap="RdBu_r")
+            ax.scatter(pts[:, 0], pts[:, 1], s=0.8, c="k", alpha=0.6, linewidths=0)
+            ax.set_xlabel(inputs[0])
+            ax.set_ylabel(inputs[1])
+        else:
+            ax.hist(pts[:, 0], bins=60, color="0.3")
+            ax.set_xlabel(inputs[0])
+        ax.set_title(f"event {event}: {len(pts)} points", fontsize=9)
+    fig.suptitle("collocation points at each sampling event")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
 
 
 def _plot_solution(plt, path: Path, target: Path) -> Path:

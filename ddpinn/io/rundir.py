@@ -21,7 +21,7 @@ __all__ = ["RESULT_FILES", "check_run_directory", "clear_run", "existing_run_fil
 RESULT_FILES = ("checkpoint.h5", "checkpoint.prev.h5", "summary.json", "results.h5")
 """Files whose presence means the directory holds a run's results."""
 _WRITTEN = ("config.yaml", "metrics.jsonl", *RESULT_FILES)
-_PLOTS = ("solution.png", "decomposition.png", "curves.png")
+_PLOTS = ("solution.png", "decomposition.png", "curves.png", "points.png")
 _LEFT_OVER = ("checkpoint.damaged*.h5", ".checkpoint*.tmp-*", ".config.yaml.tmp-*", ".results.h5.tmp")
 """Set-aside damaged checkpoints and temporary files of interrupted writes."""
 
@@ -72,17 +72,18 @@ def clear_run(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     candidates = [run_dir / name for name in _WRITTEN] + [run_dir / "plots" / name for name in _PLOTS]
     candidates += [p for pattern in _LEFT_OVER for p in sorted(run_dir.glob(pattern))]
+    candidates += sorted(run_dir.glob("points/event_*_rank*.npy"))  # adaptive sampling's record
     deleted = []
     for path in candidates:
         if path.is_file():
             path.unlink(missing_ok=True)
             deleted.append(path)
-    plots = run_dir / "plots"
-    if plots.is_dir() and not any(plots.iterdir()):
-        try:
-            plots.rmdir()
-        except OSError:  # another process removed it first, or a file appeared
-            pass
+    for sub in (run_dir / "plots", run_dir / "points"):
+        if sub.is_dir() and not any(sub.iterdir()):
+            try:
+                sub.rmdir()
+            except OSError:  # another process removed it first, or a file appeared
+                pass
     return deleted
 
 

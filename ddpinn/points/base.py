@@ -68,6 +68,8 @@ class PointSource(ABC):
     (and checkpoints), so a resumed run continues exactly."""
 
     name: str = ""
+    adaptive: bool = False
+    """Whether the points depend on the model (residual-based), so are worth recording."""
 
     def __init__(self, ctx: SourceContext) -> None:
         self.ctx = ctx

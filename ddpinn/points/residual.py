@@ -25,6 +25,8 @@ __all__ = ["ResidualDensitySource", "RAD", "RARD"]
 class ResidualDensitySource(PointSource):
     """Shared machinery of RAD and RAR-D: the event schedule, candidates and their density."""
 
+    adaptive = True
+
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self.settings = self.cfg.sampling.adaptive

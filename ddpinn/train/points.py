@@ -9,6 +9,7 @@ the points with their per-point state (restoring them on any rank count).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,8 +38,11 @@ class PointCounts(dict):
 
 
 class TrainingPoints:
-    def __init__(self, source: PointSource, batches: BatchFactory, engine: LossEngine) -> None:
-        self.source, self.batches, self.engine = source, batches, engine
+    def __init__(self, source: PointSource, batches: BatchFactory, engine: LossEngine,
+                 record_dir: Path | None = None) -> None:
+        """``record_dir``: where each rank writes its collocation points at every sampling event
+        (``event_<k>_rank<r>.npy``, [n, dim]), for plots of how adaptive sampling moved them."""
+        self.source, self.batches, self.engine, self.record_dir = source, batches, engine, record_dir
         self.points: PointSet | None = None
         self.batch: EvaluationBatch | None = None
         self._counts: PointCounts | None = None
@@ -50,6 +54,7 @@ class TrainingPoints:
         checkpoint's points no longer match the sampling config (they are then drawn anew)."""
         if checkpoint is None:
             self._use(self.source.initial())
+            self._record(0)
             return None
         stored = points_in_block(checkpoint, self.batches.block)
         points, note = self.source.restore(step, {g: fields["x"] for g, fields in stored.items()})
@@ -62,7 +67,14 @@ class TrainingPoints:
         if not self.source.due(step):
             return False
         self._use(self.source.refresh(step, self.points, self.score))
+        self._record(self.source.event(step))
         return True
+
+    def _record(self, event: int) -> None:
+        if self.record_dir is None:
+            return
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        np.save(self.record_dir / f"event_{event:04d}_rank{self.batches.comm.rank}.npy", self.points.groups["pde"])
 
     def score(self, groups: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """|r| of the current model at own points ``groups`` (name -> [n, dim]); a collective."""

@@ -92,8 +92,9 @@ class Trainer:
             LBFGSPhase(self.engine, named, dot_by_name(self.sync.dot, self.sync.params, named), self.cfg, guard),
             self.cfg.train.steps,
         )
+        source = make_point_source(SourceContext(exp, self.batches.block, comm))
         self.points = TrainingPoints(
-            make_point_source(SourceContext(exp, self.batches.block, comm)), self.batches, self.engine
+            source, self.batches, self.engine, self.run_dir / "points" if source.adaptive else None
         )
         self.refresh_seconds: list[float] = []
         """Wall time of each point refresh (adaptive sampling: scoring, drawing, new batch)."""
@@ -187,7 +188,7 @@ class Trainer:
         if errors is not None:
             record.update(errors.as_dict())
         extra = []
-        if self.comm.world_size > 1 or self.points.source.name in ("rad", "rar_d"):
+        if self.comm.world_size > 1 or self.points.source.adaptive:
             extra.append(counts.describe() if self.comm.world_size > 1 else f"{sum(counts.values())} points")
         weights = self.weighting.report()
         if weights:

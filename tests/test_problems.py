@@ -25,10 +25,10 @@ F64 = torch.float64
 NAMES = registered()
 
 
-def test_the_library_registers_p1_to_p8():
+def test_the_library_registers_p1_to_p9():
     assert NAMES == [
-        "burgers", "cos1d", "harmonic", "harmonic_inverse", "heat2d_ms", "helmholtz2d", "multiscale_cos1d",
-        "poisson2d", "wave1d",
+        "allen_cahn", "burgers", "cos1d", "harmonic", "harmonic_inverse", "heat2d_ms", "helmholtz2d",
+        "multiscale_cos1d", "poisson2d", "wave1d",
     ]
 
 
@@ -110,7 +110,7 @@ def exact_is_differentiable(problem) -> bool:
 
 # Problems whose reference solution is numerical (NumPy), so not differentiable by autograd; each
 # is checked by its own test below. A new problem lands in the generic test unless listed here.
-NUMERICAL_REFERENCE = {"burgers", "helmholtz2d"}
+NUMERICAL_REFERENCE = {"allen_cahn", "burgers", "helmholtz2d"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -217,6 +217,7 @@ HARD = {
     "poisson2d": [({"x": 0.0}, ["u"]), ({"x": 1.0}, ["u"]), ({"y": 0.0}, ["u"]), ({"y": 1.0}, ["u"])],
     "helmholtz2d": [({"x": 0.0}, ["u"]), ({"x": 1.0}, ["u"]), ({"y": 0.0}, ["u"]), ({"y": 1.0}, ["u"])],
     "burgers": [({"x": -1.0}, ["u"]), ({"x": 1.0}, ["u"]), ({"t": 0.0}, ["u"])],
+    "allen_cahn": [({"x": -1.0}, ["u"]), ({"x": 1.0}, ["u"]), ({"t": 0.0}, ["u"])],
     "wave1d": [({"x": 0.0}, ["u"]), ({"x": 1.0}, ["u"]), ({"t": 0.0}, ["u", "u_t"])],
     "heat2d_ms": [
         ({"x": 0.0}, ["u"]), ({"x": 1.0}, ["u"]), ({"y": 0.0}, ["u"]), ({"y": 1.0}, ["u"]), ({"t": 0.0}, ["u"]),

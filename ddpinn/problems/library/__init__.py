@@ -1,5 +1,6 @@
-"""The shipped problems (P1–P8 of the reference list); importing this registers them."""
+"""The shipped problems (P1–P9 of the reference list); importing this registers them."""
 
+from ddpinn.problems.library.allen_cahn import AllenCahn1D
 from ddpinn.problems.library.burgers import Burgers1D
 from ddpinn.problems.library.cos1d import Cos1D, MultiscaleCos1D
 from ddpinn.problems.library.harmonic import HarmonicInverse, HarmonicOscillator
@@ -9,6 +10,7 @@ from ddpinn.problems.library.poisson import Poisson2D
 from ddpinn.problems.library.wave import Wave1D
 
 __all__ = [
+    "AllenCahn1D",
     "Burgers1D",
     "Cos1D",
     "HarmonicInverse",

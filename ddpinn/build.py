@@ -259,6 +259,12 @@ def build_experiment(cfg: Config, base_dir: Path | None = None) -> Experiment:
         value = getattr(s, name)
         if isinstance(value, list) and len(value) != dim:
             raise ConfigError(f"sampling.{name}: {len(value)} per-axis counts for {dim} axes {list(problem.inputs)}")
+    causal = cfg.loss.causal
+    if causal.enabled and causal.axis not in problem.inputs:
+        raise ConfigError(
+            f"loss.causal.axis: {causal.axis!r} is not an input of {cfg.problem.name} (inputs {list(problem.inputs)}); "
+            "causal weighting needs a time input: set loss.causal.axis to it, or loss.causal.enabled: false"
+        )
     if isinstance(cfg.parallel.level_policy, list) and len(cfg.parallel.level_policy) != decomposition.n_levels:
         raise ConfigError(
             f"parallel.level_policy: {len(cfg.parallel.level_policy)} entries for {decomposition.n_levels} levels"

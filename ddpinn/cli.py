@@ -125,9 +125,30 @@ def _check(args) -> int:
     print(f"points        {exp.describe_points()}")
     print(f"              {', '.join(f'{k}: {len(v)}' for k, v in groups.items())}; total pairs {batch.n_pairs}")
     print(f"parameters    {sum(exp.level_parameters(l) for l in range(exp.decomposition.n_levels))}")
+    print(f"training      {_training_methods(exp)}")
     print(f"layout        {layout.describe()}")
     print(f"device        {device}, {cfg.run.dtype}")
     return 0
+
+
+def _training_methods(exp) -> str:
+    """The point source and the loss weighting the run will use, as the trainer builds them."""
+    import torch
+
+    from ddpinn.geometry import Block
+    from ddpinn.parallel.comm import LocalComm
+    from ddpinn.points import SourceContext, make_point_source
+    from ddpinn.train.objective import Objective
+    from ddpinn.train.weighting import WeightingContext, make_weighting
+
+    dom = exp.decomposition.domain
+    source = make_point_source(SourceContext(exp, Block(tuple(dom.lo), tuple(dom.hi), (True,) * dom.dim), LocalComm()))
+    objective = Objective(exp.problem, exp.spec)
+    weighting = make_weighting(WeightingContext(
+        names=objective.names, base=objective.base_weights(), exp=exp, comm=LocalComm(), device=torch.device("cpu"),
+        dtype=exp.dtype,
+    ))
+    return f"points {source.describe()}; loss weighting {weighting.describe()}"
 
 
 def _problems(_args) -> int:

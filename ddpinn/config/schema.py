@@ -410,6 +410,11 @@ class ParallelConfig:
     it; a rank that raises stops the others within about a second, whatever this is."""
     balance: str = "points"
     """How the process grid's cuts are placed: ``points`` (equal point counts) or ``uniform``."""
+    rebalance_above: float | None = None
+    """Adaptive sampling moves points between ranks: when, after a resampling, the largest rank's
+    collocation points exceed this multiple of the mean (e.g. 1.3), re-cut the blocks at equal
+    point counts and move subdomain networks, optimiser state and points to their new owners
+    (through a checkpoint written at that step). None: never."""
 
     def __post_init__(self) -> None:
         policies = self.level_policy if isinstance(self.level_policy, list) else [self.level_policy]
@@ -419,6 +424,8 @@ class ParallelConfig:
         _choice("parallel.launcher", self.launcher, ("auto", "env", "slurm", "mpi", "none"))
         _positive("parallel.timeout_s", self.timeout_s)
         _choice("parallel.balance", self.balance, ("points", "uniform"))
+        if self.rebalance_above is not None and not (self.rebalance_above >= 1 and math.isfinite(self.rebalance_above)):
+            raise ConfigError(f"parallel.rebalance_above: must be >= 1 (max / mean points per rank), got {self.rebalance_above}")
 
 
 @dataclass(kw_only=True, slots=True)

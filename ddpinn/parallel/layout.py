@@ -136,6 +136,11 @@ class ParallelLayout:
         )
         return cls(decomposition, cells, world_size, grid, cut_cells, tuple(policies), owners)
 
+    def recut(self, cell_weights: Sequence[np.ndarray]) -> ParallelLayout:
+        """The same process grid and level policies, with the cuts placed at equal ``cell_weights``
+        (points per cell slab along each axis): rebalancing after the points moved."""
+        return ParallelLayout.build(self.decomposition, self.cells, self.world_size, self.policies, cell_weights)
+
     @classmethod
     def single(cls, decomposition: Decomposition, cells: Sequence[int]) -> ParallelLayout:
         return cls.build(decomposition, cells, 1, [LevelPolicy.REPLICATED] * decomposition.n_levels)

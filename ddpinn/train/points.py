@@ -97,6 +97,19 @@ class TrainingPoints:
         self._counts = PointCounts({r: int(v) for r, v in enumerate(total.tolist())})
         return self._counts
 
+    def cell_weights(self) -> list[np.ndarray]:
+        """Collocation points of all ranks per cell slab along each axis of the sampling cell grid
+        (what :meth:`~ddpinn.parallel.layout.ParallelLayout.recut` balances); one all-reduce."""
+        exp, x = self.batches.exp, self.points.groups["pde"]
+        dom, cells = exp.decomposition.domain, exp.cells
+        local = []
+        for a, n in enumerate(cells):
+            edges = np.linspace(dom.lo[a], dom.hi[a], n + 1)
+            index = np.clip(np.searchsorted(edges, x[:, a], side="right") - 1, 0, n - 1)
+            local.append(np.bincount(index, minlength=n).astype(np.float64))
+        total = self.batches.comm.all_reduce_sum(torch.from_numpy(np.concatenate(local))).numpy()
+        return np.split(total, np.cumsum(cells)[:-1])
+
     def arrays(self) -> dict[str, np.ndarray]:
         """This rank's per-point arrays for the checkpoint: ``points/<group>/x`` and each
         per-point state field of the weighting, rows aligned."""

@@ -65,11 +65,26 @@ class Trainer:
         run_dir: Path,
         quiet: bool = False,
     ) -> None:
-        self.exp, self.comm, self.layout, self.device = exp, comm, layout, device
+        self.exp, self.comm, self.device = exp, comm, device
         self.cfg = exp.cfg
         self.run_dir = Path(run_dir)
         self.is_root = comm.rank == 0
         self.progress = Progress(exp.total_steps, self.is_root and not quiet)
+        self.refresh_seconds: list[float] = []
+        """Wall time of each point refresh (adaptive sampling: scoring, drawing, new batch)."""
+        self.rebalances: list[dict] = []
+        """Each re-cut of the blocks: step, imbalance before and after, seconds."""
+        self.compile_seconds = 0.0
+        self.step_mode = "eager"
+        """How the step runs: "eager", "compiled", or "eager (torch.compile failed)"."""
+        self._build(layout)
+
+    def _build(self, layout: ParallelLayout) -> None:
+        """Everything that depends on who owns what: the model's held subdomains, the batches,
+        the weighting, the optimiser phases and the points (built anew when blocks are re-cut)."""
+        exp, comm, device = self.exp, self.comm, self.device
+        self.layout = layout
+        self.__dict__.pop("test_set", None)  # the own test points follow the block
         self.model = parallelize_model(exp.make_model(layout.held(comm.rank), device), layout=layout, comm=comm)
         self.trainables = TrainableParameters(exp.problem, exp.dtype, device)
         self.objective = Objective(exp.problem, exp.spec)
@@ -96,11 +111,6 @@ class Trainer:
         self.points = TrainingPoints(
             source, self.batches, self.engine, self.run_dir / "points" if source.adaptive else None
         )
-        self.refresh_seconds: list[float] = []
-        """Wall time of each point refresh (adaptive sampling: scoring, drawing, new batch)."""
-        self.compile_seconds = 0.0
-        self.step_mode = "eager"
-        """How the step runs: "eager", "compiled", or "eager (torch.compile failed)"."""
         # Rank 0 writes replicated levels; every rank writes its own subdomains of partitioned ones.
         owned_levels = [layout.is_partitioned(l) or self.is_root for l in range(exp.decomposition.n_levels)]
         self.param_groups = ckpt_io.param_groups(self.model, self.trainables, owned_levels, self.is_root)
@@ -121,6 +131,7 @@ class Trainer:
             t_refresh = time.perf_counter()
             if self.points.refresh_if_due(step):
                 self.refresh_seconds.append(time.perf_counter() - t_refresh)
+                self._rebalance_if_needed(step)
             terms = self.train_step(step, self.points.batch)
             step += 1
             evaluate = step == total or (self.cfg.train.eval_every and step % self.cfg.train.eval_every == 0)
@@ -215,15 +226,9 @@ class Trainer:
             point = find_resume_point(self.run_dir)
             checkpoint = point.checkpoint
             check_same_model(checkpoint, self.cfg, f"--resume {self.run_dir}")
-            self.phases.lbfgs.state = ckpt_io.restore(checkpoint, self.param_groups, self.phases.adam.optimizer)
-            self.weighting.load_global_state(
-                {k.split("/", 1)[1]: v for k, v in checkpoint.arrays.items() if k.startswith("weighting/")}
-            )
             if point.note and self.is_root:
                 print(f"ddpinn: warning: {point.note}", file=sys.stderr, flush=True)
-        note = self.points.start(checkpoint.step if checkpoint else 0, checkpoint)
-        if note and self.is_root:
-            print(f"ddpinn: warning: {note}", file=sys.stderr, flush=True)
+        self._restore(checkpoint)
         if self.is_root:
             # On resume too: config.yaml follows the allowed changes (train.steps, say), so that
             # it always describes the run the checkpoints belong to.
@@ -237,6 +242,43 @@ class Trainer:
             f"{checkpoint.world_size} rank(s), now {self.comm.world_size})"
         )
         return checkpoint.step
+
+    def _restore(self, checkpoint: ckpt_io.Checkpoint | None) -> None:
+        """Parameters, optimiser and weighting state, and points from ``checkpoint`` (any rank
+        count), or the initial points when there is none."""
+        if checkpoint is not None:
+            self.phases.lbfgs.state = ckpt_io.restore(checkpoint, self.param_groups, self.phases.adam.optimizer)
+            self.weighting.load_global_state(
+                {k.split("/", 1)[1]: v for k, v in checkpoint.arrays.items() if k.startswith("weighting/")}
+            )
+        note = self.points.start(checkpoint.step if checkpoint else 0, checkpoint)
+        if note and self.is_root:
+            print(f"ddpinn: warning: {note}", file=sys.stderr, flush=True)
+
+    def _rebalance_if_needed(self, step: int) -> None:
+        """Re-cut the blocks at equal point counts when the points have drifted past
+        ``parallel.rebalance_above``: the state moves to the new owners by global subdomain id
+        and by point position, through a checkpoint written now (what a resume on another rank
+        count does)."""
+        limit = self.cfg.parallel.rebalance_above
+        if self.comm.world_size == 1 or limit is None:
+            return
+        before = self.points.counts().imbalance
+        if before <= limit:
+            return
+        t0 = time.perf_counter()
+        layout = self.layout.recut(self.points.cell_weights())
+        self.save(step)
+        self.comm.barrier()  # rank 0 has written it (run directories are on a shared file system, as for --resume)
+        self._build(layout)
+        self._restore(ckpt_io.load_checkpoint(self.run_dir / "checkpoint.h5"))
+        after = self.points.counts().imbalance
+        seconds = time.perf_counter() - t0
+        self.rebalances.append({"step": step, "imbalance_before": before, "imbalance_after": after, "seconds": seconds})
+        self.progress.message(
+            f"step {step}: points per rank were {before:.2f}x the mean at most (parallel.rebalance_above "
+            f"{limit:g}); re-cut the blocks: {after:.2f}x, in {seconds:.2f} s ({self.layout.describe()})"
+        )
 
     def save(self, step: int) -> None:
         note = ckpt_io.save_checkpoint(
@@ -272,6 +314,7 @@ class Trainer:
             "points_per_rank": list(counts.values()),
             "point_imbalance": counts.imbalance,
             "refresh_seconds": self.refresh_seconds,
+            "rebalances": self.rebalances,
             "weighting": self.weighting.describe(),
         }
         if self.exp.problem.trainable:

@@ -155,3 +155,18 @@ def test_compiled_two_ranks_equal_eager_one_rank(tmp_path, reference):
     launch(2, "equivalence", cfg, tmp_path, launcher="torchrun")
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["step_mode"] == "compiled"
     assert_equivalent(reference("poisson2d", "float64"), results(tmp_path), 1e-9)
+
+
+def test_rebalanced_blocks_keep_two_ranks_equal_to_one(tmp_path, reference):
+    """RAD with ``parallel.rebalance_above: 1``: after every resampling the blocks are re-cut at
+    equal point counts and networks, Adam moments and points move to their new owners; the run
+    still equals one rank (which never re-cuts)."""
+    cfg = config("poisson2d_rad", "float64")
+    cfg["parallel"].update(rebalance_above=1.0, comm="mpi")
+    if mpiexec() is None:
+        pytest.skip("mpiexec not installed (pip install mpich mpi4py)")
+    launch(2, "equivalence", cfg, tmp_path, launcher="mpiexec")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["rebalances"]) >= 2
+    assert all(r["imbalance_after"] <= r["imbalance_before"] for r in summary["rebalances"])
+    assert_equivalent(reference("poisson2d_rad", "float64"), results(tmp_path), 1e-10)

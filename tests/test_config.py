@@ -114,6 +114,18 @@ CASES = [
     ("output-scale-count", ["network.output_scale=[1.0, 2.0]"], ["network.output_scale: 2 values for 1 outputs"], None),
     ("level-policy-count", ["parallel.level_policy=[auto, auto]"], ["parallel.level_policy: 2 entries for 1 levels"], None),
     ("malformed-set", ["train"], ["--set 'train': expected key.path=value"], None),
+    # adaptive training
+    ("causal-without-time", ["loss.causal.enabled=true"], ["loss.causal.axis: 't' is not an input", "['x']"], None),
+    ("causal-one-chunk", ["loss.causal.chunks=1"], ["loss.causal.chunks: need at least 2"], None),
+    ("causal-negative-epsilon", ["loss.causal.epsilon=-1"], ["loss.causal.epsilon: must be >= 0"], None),
+    ("self-adaptive-lbfgs-only", ["loss.weighting=self_adaptive", "train.steps=0", "lbfgs.steps=10"],
+     ["loss.weighting: self_adaptive weights are learnt by ascent during the Adam steps"], None),
+    ("self-adaptive-mask", ["loss.self_adaptive.mask=cube"], ["loss.self_adaptive.mask: 'cube' is not one of"], None),
+    ("balanced-momentum", ["loss.balanced.momentum=1.0"], ["loss.balanced.momentum: must be in [0, 1)"], None),
+    ("rad-on-grid", ["sampling.adaptive.method=rad"], ["sampling.method: rad draws its candidates at random"], None),
+    ("rad-few-candidates", ["sampling.method=uniform", "sampling.adaptive.method=rad",
+                            "sampling.adaptive.candidate_factor=0.5"], ["sampling.adaptive.candidate_factor: must be >= 1"], None),
+    ("rebalance-below-one", ["parallel.rebalance_above=0.9"], ["parallel.rebalance_above: must be >= 1"], None),
 ]
 
 

@@ -160,3 +160,16 @@ def test_bad_adaptive_settings_are_config_errors_naming_the_field(adaptive, extr
     sampling = {"method": "uniform", "adaptive": adaptive, **extra}
     with pytest.raises(ConfigError, match=rf"^{field}:"):
         load_config(data={"problem": {"name": "cos1d"}, "sampling": sampling})
+
+
+def test_random_r_keeps_the_rows_of_points_that_stay(tmp_path):
+    """A point constraint (u(0) = 1 of the soft oscillator) is the same point at every draw: its
+    per-point state must survive resampling; the redrawn collocation points are new."""
+    exp = build_experiment(load_config(data={
+        "problem": {"name": "harmonic", "params": {"constraint": "soft"}},
+        "sampling": {"method": "uniform", "n": 100, "resample_every": 5},
+        "run": {"output_dir": str(tmp_path)},
+    }))
+    source = _source(exp)
+    new = source.refresh(5, source.initial(), None)
+    assert (new.kept_from("u(0)=1") == 0).all() and (new.kept_from("pde") == -1).all()

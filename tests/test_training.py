@@ -87,6 +87,24 @@ RESUME_CASES = {
          "train": {"steps": 30, "checkpoint_every": 15}},
         15,
     ),
+    "self-adaptive-weights-moving-with-rad-points": (
+        {"problem": {"name": "harmonic", "params": {"w0": 20.0, "constraint": "soft"}},
+         "sampling": {"method": "uniform", "n": 150, "adaptive": {"method": "rad", "every": 8}},
+         "loss": {"weighting": "self_adaptive", "self_adaptive": {"lr": 0.05}},
+         "train": {"steps": 40, "checkpoint_every": 20}},
+        20,
+    ),
+    "balanced-weights-soft-constraints": (
+        {"problem": {"name": "harmonic", "params": {"w0": 20.0, "constraint": "soft"}},
+         "decomposition": {"levels": 2}, "loss": {"weighting": "balanced", "balanced": {"every": 6}},
+         "train": {"steps": 30, "checkpoint_every": 15}},
+        15,
+    ),
+    "causal-chunks-then-lbfgs": (
+        {"loss": {"causal": {"enabled": True, "axis": "x", "chunks": 5, "epsilon": 2.0}},
+         "train": {"steps": 20, "checkpoint_every": 10}, "lbfgs": {"steps": 6}},
+        10,
+    ),
     "adam-then-lbfgs": ({"train": {"steps": 20, "checkpoint_every": 25}, "lbfgs": {"steps": 10}}, 25),
     "inverse-trainable-parameter": (
         {"problem": {"name": "harmonic_inverse", "params": {"w0": 20.0}}, "train": {"steps": 30, "checkpoint_every": 15},

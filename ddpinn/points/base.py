@@ -17,7 +17,7 @@ import numpy as np
 from ddpinn.geometry import Block
 from ddpinn.parallel.comm import Communicator
 
-__all__ = ["PointSet", "PointSource", "Scorer", "SourceContext"]
+__all__ = ["PointSet", "PointSource", "Scorer", "SourceContext", "rows_of"]
 
 Scorer = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 """``score({"pde": x})`` -> ``{"pde": |r|}``: the residual norm of the current model at each
@@ -108,7 +108,7 @@ class PointSource(ABC):
         for name in names:
             if name in regenerated:
                 groups[name] = regenerated[name]
-                origin[name] = _rows_of(groups[name], stored.get(name))
+                origin[name] = rows_of(groups[name], stored.get(name))
                 if (origin[name] < 0).any():
                     changed.append(name)
             elif name in stored:
@@ -126,7 +126,7 @@ class PointSource(ABC):
         return self.name
 
 
-def _rows_of(points: np.ndarray, stored: np.ndarray | None) -> np.ndarray:
+def rows_of(points: np.ndarray, stored: np.ndarray | None) -> np.ndarray:
     """For each row of ``points``, the row of ``stored`` with the same coordinates (-1 if none)."""
     if stored is None or stored.shape[0] == 0:
         return np.full(points.shape[0], -1, dtype=np.int64)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ddpinn.points.base import PointSet, PointSource
+from ddpinn.points.base import PointSet, PointSource, rows_of
 
 __all__ = ["FixedPoints", "RandomResampling"]
 
@@ -36,7 +36,10 @@ class RandomResampling(PointSource):
         return min(step, max(self.cfg.train.steps - 1, 0)) // self.every
 
     def refresh(self, step: int, current: PointSet, score) -> PointSet:
-        return PointSet(self.ctx.exp.training_points(self.event(step), self.ctx.block))
+        """Points that stay where they were (a point constraint, given data points) keep their
+        per-point state."""
+        groups = self.ctx.exp.training_points(self.event(step), self.ctx.block)
+        return PointSet(groups, {name: rows_of(x, current.groups.get(name)) for name, x in groups.items()})
 
     def describe(self) -> str:
         return f"random_r (uniform resampling every {self.every} steps)"

@@ -40,9 +40,13 @@ class Objective:
 
     def squared_residuals(self, u: Tensor, batch: EvaluationBatch) -> dict[str, Tensor]:
         """Each term's squared residual at this process's own points of that term, unweighted:
-        name -> [n_own_points_of_term]. ``u``: [n_own, J, n_out] jets at own points."""
+        name -> [n_own_points_of_term], for the terms whose points the batch holds (a batch of
+        candidate points for adaptive sampling holds only ``pde``). ``u``: [n_own, J, n_out]
+        jets at own points."""
         out = {}
         for name in self.names:
+            if name not in batch.groups:
+                continue
             rows = batch.groups[name]
             if rows.stop == rows.start:  # a rank may hold none of a term's points: user code never sees empty input
                 out[name] = u.new_zeros((0,))

@@ -284,10 +284,15 @@ class StepFunction:
     """
 
     def __init__(self, eager: Callable, *, mode: str, total_steps: int, gather: Callable[[object], list],
-                 message: Callable[[str], None], probe_calls: int = 30) -> None:
+                 message: Callable[[str], None], probe_calls: int = 30, changing_shapes: bool = False) -> None:
         """``eager``: the uncompiled ``local_terms``; ``gather(obj)``: every rank's ``obj``
-        (a collective: all ranks decide alike); ``message(text)``: a progress line."""
+        (a collective: all ranks decide alike); ``message(text)``: a progress line.
+        ``changing_shapes``: the batch changes size during the run (resampled or adaptive points):
+        the step is compiled with dynamic shapes, which costs one more compile at the first
+        change (measured: RAD on P6, events 1 and 3 each recompiled with static shapes, ~40 s
+        each; with dynamic shapes only event 1), and the decision counts that compile too."""
         self.eager, self.total_steps, self.gather, self.message = eager, total_steps, gather, message
+        self.changing_shapes = changing_shapes
         self.probe_calls = probe_calls if mode == "auto" else 0
         self.mode = "eager"
         """How the step runs: "eager", "compiled", or "eager (torch.compile failed)"."""
@@ -325,6 +330,8 @@ class StepFunction:
         eager_ms = 1e3 * statistics.median(intervals)
         self._record = CompileRecord.load(inductor_cache.cache_dir())
         compile_s, self._cached = self._record.estimate(self._trace.fingerprint(), len(self._trace.names))
+        if self.changing_shapes:
+            compile_s *= 2  # the recompile at the first change of the points
         # On a busy machine the eager steps were slowed, and a compile would be slowed alike.
         busy = contention(self._call_times[-1] - self._call_times[2], self._cpu_times[-1] - self._cpu_times[2],
                           torch.get_num_threads())
@@ -341,7 +348,7 @@ class StepFunction:
         import torch
 
         self.compiling = True
-        compiled = torch.compile(self.eager)
+        compiled = torch.compile(self.eager, dynamic=True if self.changing_shapes else None)
         try:
             out = compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager

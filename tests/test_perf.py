@@ -99,10 +99,11 @@ class CompileSpy:
     """Stands in for torch.compile: counts compiles, returns the function unchanged (or a failing one)."""
 
     def __init__(self, fail: bool = False) -> None:
-        self.calls, self.fail = 0, fail
+        self.calls, self.fail, self.dynamic = 0, fail, []
 
-    def __call__(self, fn):
+    def __call__(self, fn, dynamic=None):
         self.calls += 1
+        self.dynamic.append(dynamic)
         if not self.fail:
             return fn
 
@@ -161,6 +162,20 @@ def test_auto_compiles_a_long_run_after_timing_the_eager_step(spy):
     assert not fn.compiling and "compiling the training step" in messages[0]
     run_calls(fn, 5)
     assert spy.calls == 1
+
+
+def test_changing_points_compile_with_dynamic_shapes_and_count_the_recompile(spy):
+    """A run whose points change compiles with dynamic shapes, and its decision charges the
+    recompile at the first change: a run that pays back one compile but not two stays eager."""
+    decisions = {}
+    for changing in (False, True):
+        messages: list[str] = []
+        fn = StepFunction(slow_step(5), mode="auto", total_steps=10**7, gather=lambda o: [o], message=messages.append,
+                          probe_calls=10, changing_shapes=changing)
+        run_calls(fn, 11)
+        decisions[changing] = float(messages[0].split("~")[1].split(" s")[0])
+    assert spy.dynamic == [None, True]
+    assert decisions[True] == pytest.approx(2 * decisions[False], abs=1.0)  # printed rounded to 1 s
 
 
 def test_auto_takes_the_slowest_rank(spy):

@@ -70,6 +70,8 @@ class PointSource(ABC):
     name: str = ""
     adaptive: bool = False
     """Whether the points depend on the model (residual-based), so are worth recording."""
+    changes_points: bool = False
+    """Whether the point set changes during the run (so the batch changes size)."""
 
     def __init__(self, ctx: SourceContext) -> None:
         self.ctx = ctx

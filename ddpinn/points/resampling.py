@@ -21,6 +21,7 @@ class RandomResampling(PointSource):
     e uses the random keys of epoch e, so the union over ranks does not depend on their number)."""
 
     name = "random_r"
+    changes_points = True
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)

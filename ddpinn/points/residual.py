@@ -26,6 +26,7 @@ class ResidualDensitySource(PointSource):
     """Shared machinery of RAD and RAR-D: the event schedule, candidates and their density."""
 
     adaptive = True
+    changes_points = True
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)

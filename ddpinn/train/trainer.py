@@ -95,10 +95,11 @@ class Trainer:
             dtype=exp.dtype,
         ))
         self.engine = LossEngine(self.model, self.objective, self.weighting, self.sync, None)
+        source = make_point_source(SourceContext(exp, self.batches.block, comm))
         # auto: eager first, compiled once the measured eager step shows that compiling pays back.
         self.engine.local = StepFunction(
             self.engine.local_outputs, mode=self.cfg.train.compile, total_steps=exp.total_steps,
-            gather=comm.allgather_object, message=self.progress.message,
+            gather=comm.allgather_object, message=self.progress.message, changing_shapes=source.changes_points,
         )
         guard = FiniteGuard(self.model, self.objective, comm, self.run_dir / "checkpoint.h5")
         named = ckpt_io.named_parameters(self.model, self.trainables)
@@ -107,7 +108,6 @@ class Trainer:
             LBFGSPhase(self.engine, named, dot_by_name(self.sync.dot, self.sync.params, named), self.cfg, guard),
             self.cfg.train.steps,
         )
-        source = make_point_source(SourceContext(exp, self.batches.block, comm))
         self.points = TrainingPoints(
             source, self.batches, self.engine, self.run_dir / "points" if source.adaptive else None
         )

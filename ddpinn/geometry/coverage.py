@@ -137,12 +137,15 @@ def cover_level(
     held: Tensor | None = None,
     where: str = "level",
     slots: int | None = None,
+    product_dtype: torch.dtype = torch.float64,
 ) -> LevelCoverage:
     """Build the :class:`LevelCoverage` of ``level`` on points ``x`` for the ``held`` subdomains.
 
     ``x``: [n_points, dim] (any float dtype; computed in float64 on CPU). ``held``: global ids
     (default: all). ``slots``: the row length P (default: :func:`row_length` of the subdomains'
-    point counts); a subdomain with more points spans several rows. Raises
+    point counts); a subdomain with more points spans several rows. ``product_dtype``: the
+    dtype the window product is stored in (the run's: each entry is one coefficient times a
+    float64 window jet, so storing it in float32 rounds once, as a later cast would). Raises
     :class:`CoverageError` if a point is covered by no subdomain.
     """
     x = x.detach().to(device="cpu", dtype=torch.float64)
@@ -198,8 +201,10 @@ def cover_level(
     point_index[row, slot] = points
     x_norm = torch.zeros(n_rows, level.dim, slots, dtype=torch.float64)
     x_norm[row, :, slot] = t
-    product = torch.zeros(n_rows, slots, len(spec), len(spec), dtype=torch.float64)
-    product[row, slot] = product_matrix(w_hat, spec)
+    # Built in its final [row, J, J, slot] layout: a permuted copy of this, the largest array of
+    # a batch (J² values per pair), cost a third of building the batch.
+    product = torch.zeros(n_rows, len(spec), len(spec), slots, dtype=product_dtype)
+    product[row, :, :, slot] = product_matrix(w_hat, spec).to(product_dtype)
     inv_half_width = 2 / torch.as_tensor(level.subdomain_widths(layout_ids.numpy()))
     return LevelCoverage(
         subdomain_ids=layout_ids,
@@ -207,7 +212,7 @@ def cover_level(
         point_index=point_index,
         x_norm=x_norm,
         inv_half_width=inv_half_width,
-        window_product=product.permute(0, 2, 3, 1).contiguous(),
+        window_product=product,
         n_points=n,
         n_pairs=int(points.numel()),
     )

@@ -113,7 +113,8 @@ def build_batch(
     for l, level in enumerate(decomposition.levels):
         points = x_eval if halo_levels[l] else x_eval[:n_own]
         cov = cover_level(
-            level, points, window, spec, None if held is None else held[l], where=f"decomposition.levels[{l}]"
+            level, points, window, spec, None if held is None else held[l], where=f"decomposition.levels[{l}]",
+            product_dtype=dtype,
         )
         coverages.append(_reindex(cov, x_eval.shape[0]).to(dtype, device))
 

@@ -548,7 +548,10 @@ def plot_weights(plt, groups: list[tuple[Case, list[Trained]]], path: Path) -> P
             if t.weighting.startswith("self-adaptive"):
                 arrays = load_checkpoint(Path(t.run_dir) / "checkpoint.h5").arrays
                 if "points/pde/sa_lambda" in arrays:
-                    panels.append(("lambda", case, t, (arrays["points/pde/x"], arrays["points/pde/sa_lambda"])))
+                    # Soft constraints' λ (a point or a few each) go in the title, as their mean.
+                    others = {key.split("/")[1]: float(np.mean(v)) for key, v in arrays.items()
+                              if key.endswith("/sa_lambda") and key != "points/pde/sa_lambda"}
+                    panels.append(("lambda", case, t, (arrays["points/pde/x"], arrays["points/pde/sa_lambda"], others)))
             elif t.weighting.startswith("balanced"):
                 records = [r for r in read_metrics(Path(t.run_dir) / "metrics.jsonl") if "weighting" in r]
                 if records:
@@ -558,14 +561,15 @@ def plot_weights(plt, groups: list[tuple[Case, list[Trained]]], path: Path) -> P
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
     for ax, (kind, case, t, data) in zip(axes[0], panels):
         if kind == "lambda":
-            x, lam = data
+            x, lam, others = data
             if x.shape[1] == 2:
                 sc = ax.scatter(x[:, 0], x[:, 1], c=lam, s=3, cmap="viridis", linewidths=0)
                 fig.colorbar(sc, ax=ax, fraction=0.046, label="λ")
             else:
                 ax.plot(x[:, 0], lam, ".", ms=3)
                 ax.set_ylabel("λ")
-            ax.set_title(f"{case.key} self-adaptive λ at step {t.steps}", fontsize=9)
+            constraints = "".join(f"\n{name}: λ {value:.3g}" for name, value in others.items())
+            ax.set_title(f"{case.key} self-adaptive λ of the PDE points at step {t.steps}{constraints}", fontsize=9)
         else:
             steps = [r["step"] for r in data]
             for name in data[0]["weighting"]:

@@ -164,9 +164,12 @@ def test_auto_compiles_a_long_run_after_timing_the_eager_step(spy):
     assert spy.calls == 1
 
 
-def test_changing_points_compile_with_dynamic_shapes_and_count_the_recompile(spy):
+def test_changing_points_compile_with_dynamic_shapes_and_count_the_recompile(spy, monkeypatch):
     """A run whose points change compiles with dynamic shapes, and its decision charges the
-    recompile at the first change: a run that pays back one compile but not two stays eager."""
+    recompile at the first change."""
+    import ddpinn.perf
+
+    monkeypatch.setattr(ddpinn.perf, "contention", lambda *args: 1.0)  # the machine's load varies between the runs
     decisions = {}
     for changing in (False, True):
         messages: list[str] = []

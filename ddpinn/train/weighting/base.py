@@ -48,12 +48,14 @@ class LossWeighting:
         self.cfg = ctx.exp.cfg.loss
         self.frozen = False
         """Set by the L-BFGS phase: the weights then stay as they are."""
+        # Built once: the fixed weights enter every step.
+        self._base_tensors = {name: torch.tensor(ctx.base[name], dtype=ctx.dtype, device=ctx.device)
+                              for name in ctx.names}
 
     # ---------------------------------------------------------------- the step
     def weights(self) -> dict[str, Tensor]:
         """Term name -> weight, a 0-d tensor or one per own point of that term ([n_t])."""
-        return {name: torch.tensor(self.ctx.base[name], dtype=self.ctx.dtype, device=self.ctx.device)
-                for name in self.ctx.names}
+        return self._base_tensors
 
     def diagnostics(self, squared: dict[str, Tensor], batch) -> Tensor:
         """Local contributions to global scalars (detached), from each term's unweighted squared

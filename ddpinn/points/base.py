@@ -81,14 +81,17 @@ class PointSource(ABC):
     def initial(self) -> PointSet:
         """The points before the first step."""
 
+    every: int = 0
+    """Adam steps between refreshes (0: the points never change)."""
+
     def due(self, step: int) -> bool:
-        """Whether new points are made before Adam step ``step`` (0-based). Never during L-BFGS,
-        whose curvature pairs belong to one loss."""
-        return False
+        """Whether new points are made before Adam step ``step`` (0-based): every :attr:`every`
+        steps, never during L-BFGS, whose curvature pairs belong to one loss."""
+        return bool(self.every) and 0 < step < self.cfg.train.steps and step % self.every == 0
 
     def event(self, step: int) -> int:
         """The sampling event number in effect at ``step`` (0 before the first refresh)."""
-        return 0
+        return min(step, max(self.cfg.train.steps - 1, 0)) // self.every if self.every else 0
 
     def refresh(self, step: int, current: PointSet, score: Scorer) -> PointSet:
         """The points from ``step`` on; called on every rank when :meth:`due`."""

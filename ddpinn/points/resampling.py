@@ -30,12 +30,6 @@ class RandomResampling(PointSource):
     def initial(self) -> PointSet:
         return PointSet(self.ctx.exp.training_points(0, self.ctx.block))
 
-    def due(self, step: int) -> bool:
-        return 0 < step < self.cfg.train.steps and step % self.every == 0
-
-    def event(self, step: int) -> int:
-        return min(step, max(self.cfg.train.steps - 1, 0)) // self.every
-
     def refresh(self, step: int, current: PointSet, score) -> PointSet:
         """Points that stay where they were (a point constraint, given data points) keep their
         per-point state."""

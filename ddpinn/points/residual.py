@@ -31,16 +31,11 @@ class ResidualDensitySource(PointSource):
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self.settings = self.cfg.sampling.adaptive
+        self.every = self.settings.every
         self.n_target = ctx.exp.collocation_count
 
     def initial(self) -> PointSet:
         return PointSet(self.ctx.exp.training_points(0, self.ctx.block))
-
-    def due(self, step: int) -> bool:
-        return 0 < step < self.cfg.train.steps and step % self.settings.every == 0
-
-    def event(self, step: int) -> int:
-        return min(step, max(self.cfg.train.steps - 1, 0)) // self.settings.every
 
     def regenerable(self, step: int) -> dict[str, np.ndarray]:
         """The soft-constraint points (as drawn at the start); the collocation points are read back."""

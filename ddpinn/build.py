@@ -22,7 +22,7 @@ from ddpinn.jets import JetSpec
 from ddpinn.model.activations import make_activation
 from ddpinn.model.fbpinn import FBPINN
 from ddpinn.problems import Face, Point, Points, Problem, ProblemError, make_problem
-from ddpinn.sampling import SamplingMethod, sample_box
+from ddpinn.sampling import PointGroup, SamplingMethod, sample_box
 
 __all__ = ["Experiment", "build_experiment", "resolve_device", "cell_grid"]
 
@@ -117,20 +117,17 @@ class Experiment:
         )
         return model.to(device)
 
-    def training_points(self, epoch: int = 0, block: Block | None = None) -> dict[str, np.ndarray]:
-        """Own points of each loss term (``pde`` then one group per soft constraint) in ``block``."""
+    def point_groups(self) -> list[PointGroup]:
+        """The training point sets before they are drawn, one per loss term: ``pde``, then one per
+        soft constraint (faces and points sampled like the collocation points, data sets given)."""
         s, domain = self.cfg.sampling, self.decomposition.domain
         method = SamplingMethod(s.method)
-        groups = {
-            "pde": sample_box(
-                domain.lo, domain.hi, method, s.n, seed=self.cfg.run.seed, stream="pde", epoch=epoch, cells=self.cells, block=block
-            )
-        }
+        groups = [PointGroup("pde", domain.lo, domain.hi, method, s.n, "pde")]
         for c in self.problem.constraints():
             where = c.where
             if isinstance(where, Points):
                 x = where.x.detach().cpu().double().numpy().reshape(-1, self.problem.dim)
-                groups[c.name] = x if block is None else x[block.contains(x)]
+                groups.append(PointGroup(c.name, domain.lo, domain.hi, method, x.shape[0], "", given=x))
                 continue
             lo, hi = list(domain.lo), list(domain.hi)
             if isinstance(where, Point):
@@ -139,11 +136,15 @@ class Experiment:
                 a = self.problem.inputs.index(where.axis)
                 lo[a] = hi[a] = domain.lo[a] if where.side == "lo" else domain.hi[a]
             face_method = SamplingMethod.GRID if method == SamplingMethod.GRID else SamplingMethod.UNIFORM
-            groups[c.name] = sample_box(
-                lo, hi, face_method, c.n_points, seed=self.cfg.run.seed, stream=f"constraint/{c.name}", epoch=epoch,
-                cells=self.cells, block=block,
-            )
+            groups.append(PointGroup(c.name, tuple(lo), tuple(hi), face_method, c.n_points, f"constraint/{c.name}"))
         return groups
+
+    def training_points(self, epoch: int = 0, block: Block | None = None) -> dict[str, np.ndarray]:
+        """Own points of each loss term (``pde`` then one group per soft constraint) in ``block``."""
+        return {
+            g.name: g.sample(seed=self.cfg.run.seed, epoch=epoch, cells=self.cells, block=block)
+            for g in self.point_groups()
+        }
 
     def observations(self, block: Block | None = None) -> dict[str, np.ndarray]:
         """Observed values of the soft constraints on :class:`Points` with values, restricted to

@@ -1,7 +1,8 @@
 """Collocation, constraint and test points, reproducible and independent of the process count.
 
-Defines :class:`SamplingMethod` and :func:`sample_box` (the points of a box, or of a face of
-it, that fall in one ownership :class:`~ddpinn.geometry.Block`). The global point set depends
+Defines :class:`SamplingMethod`, :func:`sample_box` (the points of a box, or of a face of
+it, that fall in one ownership :class:`~ddpinn.geometry.Block`) and :class:`PointGroup` (one loss
+term's points before they are drawn; the workload counts them without drawing). The global point set depends
 only on (method, n, seed, epoch, cell grid): grid points are a fixed lattice, ``uniform``
 points are drawn per cell of a fixed cell grid from counter-based keys, and Sobol/Halton
 points are one global low-discrepancy sequence. A process asks only for its block, so runs
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
@@ -19,7 +21,7 @@ import numpy as np
 from ddpinn import rng
 from ddpinn.geometry import Block, Box
 
-__all__ = ["SamplingMethod", "sample_box", "grid_shape"]
+__all__ = ["SamplingMethod", "PointGroup", "sample_box", "grid_shape", "grid_lines", "uniform_cell_counts"]
 
 
 class SamplingMethod(StrEnum):
@@ -36,6 +38,46 @@ def grid_shape(box: Box, n: int | Sequence[int]) -> tuple[int, ...]:
     lengths = box.lengths
     per = (n / np.prod(lengths)) ** (1 / box.dim) * lengths
     return tuple(max(1, int(round(v))) for v in per)
+
+
+def grid_lines(lo: float, hi: float, n: int) -> np.ndarray:
+    """The ``n`` grid coordinates of ``grid`` sampling along one axis of ``[lo, hi]``: [n] float64."""
+    return np.linspace(lo, hi, n) if n > 1 else np.array([(lo + hi) / 2])
+
+
+def uniform_cell_counts(n: int, cells: Sequence[int], key: int) -> np.ndarray:
+    """Points per cell of ``uniform`` sampling: [n_cells] int64, cells in C order. Every cell gets
+    ⌊n / cells⌋ points and the remainder goes to cells ranked by a counter-based draw (so it is
+    spread over the whole box, and the same whichever ranks ask)."""
+    n_cells = int(np.prod(cells))
+    base, extra = divmod(n, n_cells)
+    lucky = np.zeros(n_cells, dtype=bool)
+    if extra:
+        lucky[np.argsort(rng.uniform(key ^ 0x5EED, np.arange(n_cells), 1)[:, 0], kind="stable")[:extra]] = True
+    return base + lucky.astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class PointGroup:
+    """One loss term's training points before they are drawn: ``n`` points of ``method`` in the
+    box ``[lo, hi]`` (a face or a point where ``lo[a] == hi[a]``) from the random stream
+    ``stream``, or the ``given`` points ([n, dim] float64, a data set's)."""
+
+    name: str
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    method: SamplingMethod
+    n: int | Sequence[int]
+    stream: str
+    given: np.ndarray | None = None
+
+    def sample(self, *, seed: int, epoch: int, cells: Sequence[int], block: Block | None) -> np.ndarray:
+        """The points that ``block`` owns (all by default): [n_local, dim] float64."""
+        if self.given is not None:
+            return self.given if block is None else self.given[block.contains(self.given)]
+        return sample_box(
+            self.lo, self.hi, self.method, self.n, seed=seed, stream=self.stream, epoch=epoch, cells=cells, block=block
+        )
 
 
 def sample_box(
@@ -90,26 +132,20 @@ def sample_box(
 def _grid(box: Box, shape: tuple[int, ...], block: Block) -> np.ndarray:
     axes = []
     for a, n in enumerate(shape):
-        line = np.linspace(box.lo[a], box.hi[a], n) if n > 1 else np.array([(box.lo[a] + box.hi[a]) / 2])
+        line = grid_lines(box.lo[a], box.hi[a], n)
         axes.append(line[block.contains(line, axis=a)])
     mesh = np.meshgrid(*axes, indexing="ij")
     return np.stack([m.reshape(-1) for m in mesh], axis=-1)
 
 
 def _uniform_cells(box: Box, n: int, cells: tuple[int, ...], key: int, block: Block) -> np.ndarray:
-    """``n`` uniform points, stratified over the cells: every cell gets ⌊n / cells⌋ points and the
-    remainder goes to cells ranked by a counter-based draw (so it is spread over the whole box,
-    and the same whichever ranks ask). Each cell's points come from its own key."""
-    n_cells = int(np.prod(cells))
+    """``n`` uniform points, stratified over the cells (:func:`uniform_cell_counts`); each cell's
+    points come from its own key."""
     edges = [np.linspace(box.lo[a], box.hi[a], c + 1) for a, c in enumerate(cells)]
     # A cell belongs to the block that owns its lower corner (blocks are aligned with cells).
     mine = [np.nonzero(block.contains(e[:-1], axis=a))[0] for a, e in enumerate(edges)]
     ids = np.ravel_multi_index(np.meshgrid(*mine, indexing="ij"), cells).reshape(-1)
-    base, extra = divmod(n, n_cells)
-    lucky = np.zeros(n_cells, dtype=bool)
-    if extra:
-        lucky[np.argsort(rng.uniform(key ^ 0x5EED, np.arange(n_cells), 1)[:, 0], kind="stable")[:extra]] = True
-    counts = base + lucky[ids].astype(np.int64)
+    counts = uniform_cell_counts(n, cells, key)[ids]
     if counts.sum() == 0:
         return np.zeros((0, len(cells)))
     draws = rng.uniform(key, ids, len(cells) * int(counts.max())).reshape(ids.size, -1, len(cells))

@@ -13,7 +13,6 @@ gradient synchronisation and the checkpoints.
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -162,15 +161,17 @@ class ParallelLayout:
         closed = tuple(i == g - 1 for i, g in zip(idx, self.grid))
         return Block(lo, hi, closed)
 
+    def axis_blocks(self, axis: int, coords: np.ndarray) -> np.ndarray:
+        """Block index along ``axis`` of each coordinate ([n] -> [n] int64), by the half-open rule
+        of :meth:`block`."""
+        cuts = self.cut_coordinates(axis)
+        return np.clip(np.searchsorted(cuts, coords, side="right") - 1, 0, self.grid[axis] - 1)
+
     def rank_of_points(self, x: np.ndarray) -> np.ndarray:
         """Owner rank of each point of ``x`` ([n, dim]), by the same half-open rule as :meth:`block`."""
         x = np.asarray(x, dtype=np.float64)
-        index = []
-        for a in range(x.shape[1]):
-            cuts = self.cut_coordinates(a)
-            i = np.searchsorted(cuts, x[:, a], side="right") - 1
-            index.append(np.clip(i, 0, self.grid[a] - 1))
-        return np.ravel_multi_index(tuple(index), self.grid).astype(np.int64)
+        index = tuple(self.axis_blocks(a, x[:, a]) for a in range(x.shape[1]))
+        return np.ravel_multi_index(index, self.grid).astype(np.int64)
 
     def _owner_of_centres(self, level) -> np.ndarray:
         dom = self.decomposition.domain
@@ -198,25 +199,31 @@ class ParallelLayout:
 
     @functools.cached_property
     def _neighbour_sets(self) -> list[set[int]]:
-        sets: list[set[int]] = [set() for _ in range(self.world_size)]
+        # A subdomain owned by block o reaches blocks q_a in [first_a, last_a] along each axis. Owners
+        # and reaches are per axis, and a level's subdomains are the full product of its axis
+        # indices, so the (owner, reached) block pairs of a level are the product over the axes of
+        # the per-axis pairs: a Kronecker product of [grid_a, grid_a] matrices, no loop over subdomains.
+        reach = np.zeros((self.world_size, self.world_size), dtype=bool)
         for l, level in enumerate(self.decomposition.levels):
             if not self.is_partitioned(l):
                 continue
-            lo, hi = level.subdomain_boxes()
-            ranges = []
+            dom = self.decomposition.domain
+            per_axis = []
             for a in range(level.dim):
+                lo, hi = level.axis_bounds(a)
                 cuts = self.cut_coordinates(a)
-                first = np.clip(np.searchsorted(cuts, lo[:, a], side="right") - 1, 0, self.grid[a] - 1)
-                last = np.clip(np.searchsorted(cuts, hi[:, a], side="left") - 1, 0, self.grid[a] - 1)
-                ranges.append((first, last))
-            for s, owner in enumerate(self.owners[l]):
-                axes = [range(int(f[s]), int(t[s]) + 1) for f, t in ranges]
-                for block in itertools.product(*axes):
-                    other = int(np.ravel_multi_index(block, self.grid))
-                    if other != owner:
-                        sets[owner].add(other)
-                        sets[other].add(int(owner))
-        return sets
+                first = np.clip(np.searchsorted(cuts, lo, side="right") - 1, 0, self.grid[a] - 1)
+                last = np.clip(np.searchsorted(cuts, hi, side="left") - 1, 0, self.grid[a] - 1)
+                owner = self.axis_blocks(a, np.clip(level.centres[a], dom.lo[a], dom.hi[a]))
+                blocks = np.arange(self.grid[a])
+                within = (blocks[None, :] >= first[:, None]) & (blocks[None, :] <= last[:, None])  # [shape_a, grid_a]
+                pairs = np.zeros((self.grid[a], self.grid[a]), dtype=bool)
+                np.logical_or.at(pairs, owner, within)
+                per_axis.append(pairs)
+            reach |= functools.reduce(np.kron, per_axis).astype(bool)
+        linked = reach | reach.T
+        np.fill_diagonal(linked, False)
+        return [set(np.nonzero(row)[0].tolist()) for row in linked]
 
     def describe(self) -> str:
         parts = []

@@ -5,12 +5,15 @@
     ddpinn train --resume RUN_DIR [--set ...]     continue from RUN_DIR/checkpoint.h5 (or .prev.h5)
     ddpinn eval RUN_DIR                           recompute the test errors from the checkpoint
     ddpinn plot RUN_DIR                           redraw RUN_DIR/plots/*.png
-    ddpinn check CONFIG [--set ...] [--ranks N]   validate a config and describe the run, no training
+    ddpinn check CONFIG [--set ...] [--ranks N] [--device-memory 80GB]
+                                                  validate a config and describe the run (per-rank
+                                                  work and memory), no training
     ddpinn problems                               list the registered problems
     ddpinn config [--markdown]                    every config key, its default and meaning
 
 Exit status: 0 success, 2 bad config or input, 3 non-finite loss, 4 communication failure
-(also on a rank stopped by another rank's failure), 1 an unexpected error. On N ranks the failing
+(also on a rank stopped by another rank's failure), 5 ``check --device-memory``: a rank's
+estimated memory exceeds the given size, 1 an unexpected error. On N ranks the failing
 rank reports its error with its rank id (and, if unexpected, its traceback); rank 0 adds one line
 naming it.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +41,23 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"need a whole number of ranks >= 1, got {text!r}")
     return value
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+DOES_NOT_FIT = 5
+"""Exit status of ``ddpinn check --device-memory`` when a rank's estimate exceeds the size."""
+
+
+def _memory_size(text: str) -> int:
+    """Bytes from a size such as ``80GB`` (10^9), ``512MB``, ``1.5GiB`` (2^30) or ``4096``."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", text.lower())
+    if not match or match.group(2) not in _SIZE_UNITS or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"need a positive size with a unit such as 80GB, 512MB or 1.5GiB (KB/MB/GB/TB are powers of 1000, "
+            f"KiB/MiB/GiB/TiB of 1024), got {text!r}"
+        )
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("config")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--ranks", type=_positive_int, default=1, help="describe the layout for this many ranks")
+    c.add_argument("--device-memory", type=_memory_size, metavar="SIZE",
+                   help="memory of one device, e.g. 80GB or 1.5GiB: print each rank's estimated memory and exit "
+                        f"with status {DOES_NOT_FIT} if the largest does not fit")
 
     sub.add_parser("problems", help="list the registered problems")
 
@@ -104,31 +128,84 @@ def _train(args) -> int:
 
 
 def _check(args) -> int:
-    from ddpinn.build import build_experiment
-    from ddpinn.model.batch import build_batch
+    """Describe the run from counts (:mod:`ddpinn.parallel.workload`): no batch, no model."""
+    from ddpinn.build import build_experiment, resolve_device
+    from ddpinn.parallel.workload import workload
     from ddpinn.session import make_layout
-
-    from ddpinn.build import resolve_device
 
     cfg, base = _load(args.config, args.overrides)
     exp = build_experiment(cfg, base)
     device = resolve_device(cfg.run.device)
-    groups = exp.training_points(0)
-    batch = build_batch(exp.problem, exp.decomposition, exp.window, exp.spec, groups, dtype=exp.dtype)
     layout = make_layout(exp, args.ranks)
+    work = workload(exp, layout)
+    pairs = work.pairs_by_level
+    expected = "" if work.exact else " (expected: random points)"
     print(f"problem       {cfg.problem.name} {cfg.problem.params or ''} inputs {list(exp.problem.inputs)}")
     print(f"derivatives   {exp.spec.describe(exp.problem.inputs)}")
     print(f"decomposition {exp.decomposition.describe()}, window {cfg.decomposition.window}")
-    for l, (level, cov) in enumerate(zip(exp.decomposition.levels, batch.levels)):
-        print(f"  level {l + 1}: {'x'.join(map(str, level.shape))} subdomains, {cov.n_pairs} (point, subdomain) pairs, "
-              f"{cov.slots} slots per subdomain, network {list(exp.level_sizes[l])}")
+    for l, level in enumerate(exp.decomposition.levels):
+        print(f"  level {l + 1}: {'x'.join(map(str, level.shape))} subdomains, {pairs[l]} (point, subdomain) pairs, "
+              f"network {list(exp.level_sizes[l])}")
+    own = {name: sum(r.own_points[name] for r in work.ranks) for name in work.ranks[0].own_points}
     print(f"points        {exp.describe_points()}")
-    print(f"              {', '.join(f'{k}: {len(v)}' for k, v in groups.items())}; total pairs {batch.n_pairs}")
+    print(f"              {', '.join(f'{k}: {v}' for k, v in own.items())}; total pairs {work.total_pairs}{expected}")
     print(f"parameters    {sum(exp.level_parameters(l) for l in range(exp.decomposition.n_levels))}")
     print(f"training      {_training_methods(exp)}")
     print(f"layout        {layout.describe()}")
+    if args.ranks > 1:
+        for line in _per_rank_lines(work):
+            print(line)
     print(f"device        {device}, {cfg.run.dtype}")
+    if args.device_memory is not None:
+        return _memory_report(exp, work, args.device_memory, device.type)
     return 0
+
+
+def _spread(values: list[int]) -> str:
+    mean = sum(values) / len(values)
+    return f"{min(values)}-{max(values)} (max/mean {max(values) / mean if mean else 1.0:.2f})"
+
+
+def _per_rank_lines(work) -> list[str]:
+    """Per-rank work: pairs, points and halo points (min-max), and the busiest rank's levels."""
+    busiest = work.busiest()
+    levels = ", ".join(f"L{l + 1} {p}" for l, p in busiest.pairs_by_level.items())
+    return [
+        f"per rank      pairs {_spread([r.pairs for r in work.ranks])}; own points {_spread([r.n_own for r in work.ranks])}; "
+        f"halo points {_spread([r.halo_points for r in work.ranks])}; parameters held "
+        f"{_spread([r.parameters for r in work.ranks])}",
+        f"              busiest rank {busiest.rank}: pairs {levels}",
+    ]
+
+
+def _memory_report(exp, work, limit: int, device_kind: str) -> int:
+    """Each rank's estimated memory against ``limit`` bytes: the largest, and whether it fits.
+    Over the limit: the parts and levels that dominate, to stderr, and :data:`DOES_NOT_FIT`."""
+    from ddpinn.parallel.memory import estimate_rank_memory
+
+    estimates = [estimate_rank_memory(exp, r, device_kind) for r in work.ranks]
+    worst = max(range(len(estimates)), key=lambda i: estimates[i].total_bytes)
+    estimate, rank = estimates[worst], work.ranks[worst]
+    verdict = "fits" if estimate.total_bytes <= limit else "does NOT fit"
+    print(f"memory        largest rank {rank.rank}: {_gb(estimate.total_bytes)} of {_gb(limit)} per device: {verdict}")
+    parts = sorted(estimate.by_part.items(), key=lambda kv: -kv[1])
+    print(f"              {', '.join(f'{name} {_gb(size)}' for name, size in parts)}")
+    if estimate.total_bytes <= limit:
+        return 0
+    top = sorted(rank.pairs_by_level.items(), key=lambda kv: -kv[1])[:3]
+    print(
+        f"ddpinn: error: rank {rank.rank} needs about {_gb(estimate.total_bytes)}, more than --device-memory "
+        f"{_gb(limit)}; largest parts: {', '.join(f'{name} {_gb(size)}' for name, size in parts[:3])}; the rank "
+        f"evaluates {rank.pairs} (point, subdomain) pairs on {rank.n_own} own + {rank.halo_points} halo points, most on "
+        f"{', '.join(f'level {l + 1} ({p} pairs)' for l, p in top)}; use more ranks or fewer points "
+        f"(sampling.n)",
+        file=sys.stderr,
+    )
+    return DOES_NOT_FIT
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.3g} GB" if size >= 1e8 else f"{size / 1e6:.3g} MB"
 
 
 def _training_methods(exp) -> str:

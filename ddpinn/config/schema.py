@@ -399,9 +399,11 @@ class ParallelConfig:
     level_policy: str | list[str] = "auto"
     """Per level ``replicated``, ``partitioned`` or ``auto`` (cost model), or one value for all."""
     comm: str = "auto"
-    """Where messages go: ``torch`` (torch.distributed: nccl on GPU, gloo on CPU), ``mpi``
-    (mpi4py; CPU only) or ``auto``: ``mpi`` for CPU runs launched by mpirun/mpiexec/srun --mpi
-    when mpi4py is installed (an order of magnitude lower latency than gloo), else ``torch``."""
+    """Where messages go: ``torch`` (torch.distributed: nccl on GPU, gloo on CPU), ``gloo``
+    (torch.distributed with gloo on any device: lets several ranks share one GPU, which NCCL
+    refuses; the neighbour exchange goes through host memory), ``mpi`` (mpi4py; CPU only) or
+    ``auto``: ``mpi`` for CPU runs launched by mpirun/mpiexec/srun --mpi when mpi4py is
+    installed (an order of magnitude lower latency than gloo), else ``torch``."""
     launcher: str = "auto"
     """How ranks are found: ``auto`` (torchrun env, SLURM, Open MPI, MPICH/PMI, else one process),
     ``env``, ``slurm``, ``mpi`` or ``none``."""
@@ -420,7 +422,7 @@ class ParallelConfig:
         policies = self.level_policy if isinstance(self.level_policy, list) else [self.level_policy]
         for p in policies:
             _choice("parallel.level_policy", p, ("auto", "replicated", "partitioned"))
-        _choice("parallel.comm", self.comm, ("auto", "torch", "mpi"))
+        _choice("parallel.comm", self.comm, ("auto", "torch", "gloo", "mpi"))
         _choice("parallel.launcher", self.launcher, ("auto", "env", "slurm", "mpi", "none"))
         _positive("parallel.timeout_s", self.timeout_s)
         _choice("parallel.balance", self.balance, ("points", "uniform"))

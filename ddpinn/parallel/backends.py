@@ -3,7 +3,10 @@
 Defines :class:`TorchComm`, :class:`MpiComm` and :func:`open_communicator`, which picks one
 from the launch environment (:class:`~ddpinn.parallel.env.DistEnv`) and ``parallel.comm``.
 
-* ``comm: torch`` — torch.distributed. Under torchrun the rendezvous comes from its
+* ``comm: torch`` — torch.distributed, NCCL for CUDA devices and gloo otherwise.
+  ``comm: gloo`` — torch.distributed with gloo on any device: several ranks may share one GPU
+  (NCCL refuses two ranks on one device), and gloo's point-to-point, which takes host tensors
+  only, is staged through host memory. Under torchrun the rendezvous comes from its
   environment; under SLURM from the first node of the step and a port derived from the job id;
   under mpirun/mpiexec rank 0's address and a free port are broadcast through mpi4py (the only
   use of MPI in this mode). Failures travel through the rendezvous store.
@@ -48,7 +51,7 @@ from ddpinn.parallel.failure import (
     note_ending,
 )
 
-__all__ = ["TorchComm", "MpiComm", "open_communicator", "resolve_comm"]
+__all__ = ["TorchComm", "MpiComm", "open_communicator", "resolve_comm", "torch_backend", "p2p_ops"]
 
 _SPIN_S = 0.02
 """How long a wait runs before it reads the failure channel: MpiComm polls its requests without
@@ -137,8 +140,30 @@ class _ChannelComm(Communicator):
         note_ending(err, RankEnding(self.rank, self.world_size, reports=not reported_below, stopped_by_peer=False))
 
 
+def p2p_ops(dist, rank: int, receives: Mapping[int, Tensor], sends: Mapping[int, Tensor]) -> list[tuple[int, Any]]:
+    """One neighbour exchange as the ``(peer, P2POp)`` list of a single ``batch_isend_irecv``:
+    the receives, then the sends, each in peer order, zero-size messages left out (both sides
+    know the size, so both leave them out). ``dist``: the torch.distributed module.
+
+    Why one batch: NCCL runs ungrouped isend/irecv one after another on the stream, so two ranks
+    that each start with a receive from the other deadlock; inside one group the order of sends
+    and receives does not matter. Each pair of ranks has at most one message per direction, so
+    no two ops in the list could be matched the wrong way round."""
+    for q in (*receives, *sends):
+        if q == rank:
+            raise CommError(f"rank {rank}: a neighbour exchange listed this rank as its own neighbour")
+    ops = [(q, dist.P2POp(dist.irecv, buf, q)) for q, buf in sorted(receives.items()) if buf.numel()]
+    ops += [(q, dist.P2POp(dist.isend, t, q)) for q, t in sorted(sends.items()) if t.numel()]
+    return ops
+
+
+def torch_backend(comm: str, device: torch.device) -> str:
+    """The torch.distributed backend of ``parallel.comm`` (``torch`` or ``gloo``) on ``device``."""
+    return "nccl" if comm == "torch" and device.type == "cuda" else "gloo"
+
+
 class TorchComm(_ChannelComm):
-    """torch.distributed process group; ``nccl`` for CUDA devices, ``gloo`` otherwise.
+    """torch.distributed process group: ``backend`` ``nccl`` (CUDA devices) or ``gloo`` (any).
 
     How waits see a peer's failure: collectives (all-reduce, barrier) are waited for in slices
     and read the channel between slices. gloo's point-to-point works cannot be waited for in
@@ -149,14 +174,17 @@ class TorchComm(_ChannelComm):
     failures surface at the step's all-reduce, whose completion is polled.
     """
 
-    def __init__(self, env: DistEnv, device: torch.device, timeout_s: float) -> None:
+    def __init__(self, env: DistEnv, device: torch.device, timeout_s: float, backend: str | None = None) -> None:
+        """``backend``: ``nccl`` or ``gloo``; by default NCCL for CUDA devices, gloo otherwise."""
         import torch.distributed as dist
 
         self.dist = dist
         self.rank, self.world_size = env.rank, env.world_size
-        self.backend = "nccl" if device.type == "cuda" else "gloo"
+        self.backend = backend or torch_backend("torch", device)
         self.name = f"torch.distributed/{self.backend}"
         self.device = device
+        # Where messages travel: gloo's point-to-point takes host tensors only.
+        self.wire_device = torch.device("cpu") if self.backend == "gloo" else device
         self._init_failure_handling(timeout_s)
         self._await = self._await_gloo if self.backend == "gloo" else self._await_cuda
         self._first_slice = datetime.timedelta(seconds=_SPIN_S)
@@ -170,8 +198,12 @@ class TorchComm(_ChannelComm):
             # The rendezvous store is kept here: on rank 0 it hosts the store server, which must
             # outlive the process group (the failure channel lives in it).
             self._store, _, _ = next(dist.rendezvous(init_method, env.rank, env.world_size, timeout=backend_timeout))
+            # NCCL: device_id creates the communicator now, over all ranks; a batch of
+            # point-to-point ops that came first would create it for a subset of ranks only
+            # (undefined behaviour, says batch_isend_irecv's documentation).
             dist.init_process_group(
-                self.backend, store=self._store, rank=env.rank, world_size=env.world_size, timeout=backend_timeout
+                self.backend, store=self._store, rank=env.rank, world_size=env.world_size, timeout=backend_timeout,
+                device_id=device if self.backend == "nccl" else None,
             )
             # The channel reads through a connection of its own, with short timeouts, under a
             # prefix per torchrun attempt.
@@ -223,7 +255,8 @@ class TorchComm(_ChannelComm):
                 except RuntimeError as err:
                     if time.monotonic() - start < self.timeout_s:
                         raise self._broken(what, err) from err
-                    raise self._timed_out(what, [q for q, w in works if not w.is_completed()]) from err
+                    late = [q for q, w in works if not w.is_completed()]
+                    raise self._timed_out(what, [] if None in late else late) from err
             return
         timeout = self._first_slice
         for _, work in works:
@@ -271,8 +304,9 @@ class TorchComm(_ChannelComm):
                 raise self._broken(what, err) from err
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
-        # Setup-time tensors live on the CPU; NCCL only reduces device tensors.
-        work_tensor = tensor if tensor.device == self.device else tensor.to(self.device)
+        # Setup-time tensors live on the CPU; NCCL only reduces device tensors (gloo reduces both).
+        move = self.backend == "nccl" and tensor.device != self.device
+        work_tensor = tensor.to(self.device) if move else tensor
         what = self._label("all_reduce")
         work = self._start(what, lambda: self.dist.all_reduce(work_tensor, async_op=True))
         self._await(what, [(None, work)], True)
@@ -281,16 +315,21 @@ class TorchComm(_ChannelComm):
     def exchange(
         self, sends: Mapping[int, Tensor], recv_shapes: Mapping[int, tuple[int, ...]], dtype: torch.dtype
     ) -> dict[int, Tensor]:
-        received = {q: torch.empty(shape, dtype=dtype, device=self.device) for q, shape in recv_shapes.items()}
+        wire = self.wire_device
+        received = {q: torch.empty(shape, dtype=dtype, device=wire) for q, shape in recv_shapes.items()}
+        ops = p2p_ops(self.dist, self.rank, received, {q: t.to(wire).contiguous() for q, t in sends.items()})
         what = self._label("neighbour exchange")
+        if ops:
+            self._await(what, self._start(what, lambda: self._batch(ops)), False)
+        return {q: buf.to(self.device, non_blocking=True) for q, buf in received.items()}
 
-        def issue() -> list[tuple[int, Any]]:
-            works = [(q, self.dist.irecv(buf, q)) for q, buf in received.items() if buf.numel()]
-            works += [(q, self.dist.isend(t.to(self.device).contiguous(), q)) for q, t in sends.items() if t.numel()]
-            return works
-
-        self._await(what, self._start(what, issue), False)
-        return received
+    def _batch(self, ops: list[tuple[int, Any]]) -> list[tuple[int | None, Any]]:
+        """Issue ``ops`` as one batch; the works, each with its peer where the backend gives one
+        work per op (gloo), else (NCCL: one work for the whole group) with peer None."""
+        works = self.dist.batch_isend_irecv([op for _, op in ops])
+        if len(works) == len(ops):
+            return [(q, work) for (q, _), work in zip(ops, works)]
+        return [(None, work) for work in works]
 
     def barrier(self) -> None:
         what = self._label("barrier")
@@ -302,6 +341,13 @@ class TorchComm(_ChannelComm):
         out: list[Any] = [None] * self.world_size
         what = self._label("allgather_object")
         self._start(what, lambda: self.dist.all_gather_object(out, obj))
+        return out
+
+    def gather_object(self, obj: Any, root: int = 0) -> list[Any] | None:
+        self.barrier()  # polled, as for allgather_object
+        out: list[Any] | None = [None] * self.world_size if self.rank == root else None
+        what = self._label("gather_object")
+        self._start(what, lambda: self.dist.gather_object(obj, out, dst=root))
         return out
 
     def close(self) -> None:
@@ -379,6 +425,10 @@ class MpiComm(_ChannelComm):
         self.barrier()
         return self.world.allgather(obj)
 
+    def gather_object(self, obj: Any, root: int = 0) -> list[Any] | None:
+        self.barrier()  # polled, as for allgather_object
+        return self.world.gather(obj, root=root)
+
     def barrier(self) -> None:
         self._wait(self._label("barrier"), [self.world.Ibarrier()])
 
@@ -398,7 +448,8 @@ class MpiComm(_ChannelComm):
 
 
 def resolve_comm(choice: str, env: DistEnv, device: torch.device) -> str:
-    """``parallel.comm`` with ``auto`` resolved: mpi4py for CPU ranks that MPI launched, if installed."""
+    """``parallel.comm`` with ``auto`` resolved: mpi4py for CPU ranks that MPI launched, if
+    installed, else ``torch``; ``torch``, ``gloo`` and ``mpi`` stay as they are."""
     if choice != "auto":
         return choice
     if env.method is not LaunchMethod.MPI or device.type != "cpu":
@@ -411,8 +462,10 @@ def resolve_comm(choice: str, env: DistEnv, device: torch.device) -> str:
 
 
 def open_communicator(env: DistEnv, cfg: ParallelConfig, device: torch.device) -> Communicator:
-    if resolve_comm(cfg.comm, env, device) == "mpi":
+    comm = resolve_comm(cfg.comm, env, device)
+    if comm == "mpi":
         if device.type != "cpu":
-            raise CommError("parallel.comm=mpi moves tensors through host memory; use comm: torch (NCCL) on GPUs")
+            raise CommError("parallel.comm=mpi moves tensors through host memory; use comm: torch (NCCL) on GPUs, "
+                            "or comm: gloo for several ranks on one GPU")
         return MpiComm(env, device, cfg.timeout_s)
-    return TorchComm(env, device, cfg.timeout_s)
+    return TorchComm(env, device, cfg.timeout_s, backend=torch_backend(comm, device))

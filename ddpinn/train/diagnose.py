@@ -5,6 +5,11 @@ on the global terms before updating) and :func:`initial_non_finite_cause`. At st
 parameters are the finite initial ones, so a NaN or infinity comes from the problem (its
 hard-constraint ansatz or a residual), never from the learning rate; this names which, and
 where. Later, the message names the first subdomains whose parameters or gradients broke.
+
+Adam's check costs no host synchronisation: the guard keeps a flag on the device that the
+fused optimiser reads in its kernel (as ``torch.amp.GradScaler``'s ``found_inf``) and the trainer
+reads it on the host only where the host needs the values anyway (logging, evaluation,
+checkpoints, new points, the switch to L-BFGS).
 """
 
 from __future__ import annotations
@@ -64,22 +69,68 @@ def initial_non_finite_cause(model, objective: Objective, batch: EvaluationBatch
 
 
 class FiniteGuard:
-    """``guard(terms, step, batch)`` raises :class:`NonFiniteLossError` on every rank (the terms
-    are global, so all ranks agree) when a term is not finite; ``step`` is 1-based."""
+    """Stops the run with :class:`NonFiniteLossError` on every rank (the terms are global, so all
+    ranks agree) when a term is not finite, without any non-finite update reaching the
+    parameters; ``step`` is 1-based. Two ways to use it:
+
+    * :meth:`check` reads the terms on the host now and raises before the caller updates (L-BFGS,
+      whose line search reads the loss on the host anyway, and optimisers that cannot skip an
+      update on a device flag).
+    * :meth:`watch` folds the step's finiteness into a flag on the device, sticky: from the first
+      non-finite step on, it is 1 and the fused Adam kernel skips every update (parameters,
+      moments and step count stay as they were; the ``found_inf`` of ``torch.amp.GradScaler``).
+      :meth:`raise_if_tripped` reads the flag, one host synchronisation, and raises about the
+      first non-finite step; the trainer calls it before anything reads the model on the host.
+    """
 
     def __init__(self, model, objective: Objective, comm: Communicator, checkpoint_path: Path) -> None:
         self.model, self.objective, self.comm, self.checkpoint_path = model, objective, comm, checkpoint_path
+        self._tripped: Tensor | None = None
+        """0-d float32 on the terms' device: 1 from the first non-finite step on, else 0."""
+        self._first_step: Tensor | None = None
+        """0-d int64: the first non-finite step (1-based), 0 while there is none."""
+        self._first_terms: Tensor | None = None
+        """[n_terms]: the terms of that step."""
 
-    def __call__(self, terms: Tensor, step: int, batch: EvaluationBatch) -> None:
-        if bool(torch.isfinite(terms).all()):
+    def check(self, terms: Tensor, step: int, batch: EvaluationBatch) -> None:
+        """Raise now if a term of ``terms`` ([n_terms], global) is not finite."""
+        if not bool(torch.isfinite(terms).all()):
+            self._raise(terms, step, step, batch)
+
+    def watch(self, terms: Tensor, step: int) -> Tensor:
+        """Record the finiteness of step ``step``'s terms on the device, without waiting for them;
+        returns the sticky flag (0-d float32, 1 = skip this update), for ``optimizer.found_inf``."""
+        if self._tripped is None:
+            self._tripped = torch.zeros((), dtype=torch.float32, device=terms.device)
+            self._first_step = torch.zeros((), dtype=torch.int64, device=terms.device)
+            self._first_terms = torch.zeros_like(terms)
+        bad = torch.isfinite(terms).all().logical_not()
+        first = bad & (self._tripped == 0)
+        self._first_step = torch.where(first, step, self._first_step)
+        self._first_terms = torch.where(first, terms, self._first_terms)
+        self._tripped = torch.maximum(self._tripped, bad.to(torch.float32))
+        return self._tripped
+
+    def raise_if_tripped(self, step: int, batch: EvaluationBatch) -> None:
+        """Raise about the first non-finite step :meth:`watch` saw, if any; ``step``: the step just
+        taken. ``batch``: the current batch (the trainer calls this before the points change, so
+        it is the non-finite step's)."""
+        if self._tripped is None or not bool(self._tripped):
             return
+        self._raise(self._first_terms, int(self._first_step), step, batch)
+
+    def _raise(self, terms: Tensor, step: int, noticed: int, batch: EvaluationBatch) -> None:
         bad_terms = [n for n, v in zip(self.objective.names, terms.tolist()) if not np.isfinite(v)]
+        skipped = (
+            f" (read at step {noticed}: the check is read on the host at logging, evaluation and checkpoint "
+            f"steps; steps {step}..{noticed} made no update)" if noticed != step else ""
+        )
         if step == 1:
             cause = initial_non_finite_cause(self.model, self.objective, batch, self.comm)
             raise NonFiniteLossError(
                 f"non-finite loss at step 1, before any parameter update, in term(s) {bad_terms}: {cause}. "
                 f"This comes from the problem's definition, not from training (a division by zero, or a log or "
-                f"square root of a negative number, at those points?); no parameter was updated"
+                f"square root of a negative number, at those points?); no parameter was updated{skipped}"
             )
         saved = (
             f"the last checkpoint ({self.checkpoint_path}, verified when written) is from before this step"
@@ -88,7 +139,7 @@ class FiniteGuard:
         )
         raise NonFiniteLossError(
             f"non-finite loss at step {step} in term(s) {bad_terms}; {self._non_finite_subdomains()}. Parameters "
-            f"were not updated and {saved}; lower optimizer.lr or set optimizer.clip_norm"
+            f"were not updated{skipped} and {saved}; lower optimizer.lr or set optimizer.clip_norm"
         )
 
     def _non_finite_subdomains(self) -> str:

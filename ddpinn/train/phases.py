@@ -9,31 +9,30 @@ engine; L-BFGS freezes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from ddpinn.config import Config
 from ddpinn.model.batch import EvaluationBatch
+from ddpinn.train.diagnose import FiniteGuard
 from ddpinn.train.engine import LossEngine
 from ddpinn.train.lbfgs import LBFGS, LBFGSState
 from ddpinn.train.schedules import learning_rate
 
 __all__ = ["AdamPhase", "LBFGSPhase", "PhasePlan"]
 
-CheckFinite = Callable[[Tensor, int, EvaluationBatch], None]
-"""``check(terms, step, batch)``: raises on every rank, before any update, if a term is not finite."""
-
 
 class AdamPhase:
     name = "adam"
 
-    def __init__(self, engine: LossEngine, params: list[Tensor], cfg: Config, check: CheckFinite) -> None:
+    def __init__(self, engine: LossEngine, params: list[Tensor], cfg: Config, guard: FiniteGuard) -> None:
         o = cfg.optimizer
-        self.engine, self.cfg, self.check = engine, cfg, check
-        fused = params[0].device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
+        self.engine, self.cfg, self.guard = engine, cfg, guard
+        self.fused = params[0].device.type in ("cpu", "cuda")
+        """The fused kernel skips an update on a device flag; other devices check on the host."""
+        self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=self.fused)
 
     @property
     def lr(self) -> float:
@@ -46,8 +45,13 @@ class AdamPhase:
         self.engine.weighting.before_step(step, lambda: self.engine.term_gradient_norms(batch))
         clip = self.cfg.optimizer.clip_norm
         result = self.engine.loss_and_gradients(batch, step, with_norm=clip is not None)
-        # Before the update, so that a non-finite loss never reaches the parameters.
-        self.check(result.terms, step + 1, batch)
+        # A non-finite loss never reaches the parameters: the fused kernel skips the update on the
+        # guard's device flag (no host synchronisation; the trainer reads the flag at its logging
+        # and checkpoint steps), or the host checks before updating.
+        if self.fused:
+            self.optimizer.found_inf = self.guard.watch(result.terms, step + 1)
+        else:
+            self.guard.check(result.terms, step + 1, batch)
         if clip is not None:
             factor = torch.clamp(clip / (result.grad_norm + 1e-12), max=1.0)
             for p in self.optimizer.param_groups[0]["params"]:
@@ -60,8 +64,8 @@ class AdamPhase:
 class LBFGSPhase:
     name = "lbfgs"
 
-    def __init__(self, engine: LossEngine, named: Mapping[str, Tensor], dot, cfg: Config, check: CheckFinite) -> None:
-        self.engine, self.cfg, self.check = engine, cfg, check
+    def __init__(self, engine: LossEngine, named: Mapping[str, Tensor], dot, cfg: Config, guard: FiniteGuard) -> None:
+        self.engine, self.cfg, self.guard = engine, cfg, guard
         self.optimizer = LBFGS(named, dot, cfg.lbfgs.history, cfg.lbfgs.lr)
 
     @property
@@ -82,7 +86,7 @@ class LBFGSPhase:
             return float(terms.sum())
 
         self.optimizer.step(closure)
-        self.check(last[0], step + 1, batch)
+        self.guard.check(last[0], step + 1, batch)
         return last[0]
 
 

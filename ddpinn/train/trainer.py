@@ -101,11 +101,11 @@ class Trainer:
             self.engine.local_outputs, mode=self.cfg.train.compile, total_steps=exp.total_steps,
             gather=comm.allgather_object, message=self.progress.message, changing_shapes=source.changes_points,
         )
-        guard = FiniteGuard(self.model, self.objective, comm, self.run_dir / "checkpoint.h5")
+        self.guard = FiniteGuard(self.model, self.objective, comm, self.run_dir / "checkpoint.h5")
         named = ckpt_io.named_parameters(self.model, self.trainables)
         self.phases = PhasePlan(
-            AdamPhase(self.engine, self.sync.params, self.cfg, guard),
-            LBFGSPhase(self.engine, named, dot_by_name(self.sync.dot, self.sync.params, named), self.cfg, guard),
+            AdamPhase(self.engine, self.sync.params, self.cfg, self.guard),
+            LBFGSPhase(self.engine, named, dot_by_name(self.sync.dot, self.sync.params, named), self.cfg, self.guard),
             self.cfg.train.steps,
         )
         self.points = TrainingPoints(
@@ -135,11 +135,18 @@ class Trainer:
             terms = self.train_step(step, self.points.batch)
             step += 1
             evaluate = step == total or (self.cfg.train.eval_every and step % self.cfg.train.eval_every == 0)
+            log = evaluate or step % self.cfg.train.log_every == 0
+            save = step == total or (self.cfg.train.checkpoint_every and step % self.cfg.train.checkpoint_every == 0)
+            if log or save or step == self.cfg.train.steps or self.points.source.due(step):
+                # The host reads the model next (or L-BFGS or new points take over): the only
+                # host synchronisation of the finiteness check, before a non-finite step can
+                # reach a log line, a checkpoint or the next phase.
+                self.guard.raise_if_tripped(step, self.points.batch)
             if evaluate:
                 errors = self.evaluate(self.test_set)
-            if evaluate or step % self.cfg.train.log_every == 0:
+            if log:
                 self._log(metrics, step, terms, errors if evaluate else None)
-            if step == total or (self.cfg.train.checkpoint_every and step % self.cfg.train.checkpoint_every == 0):
+            if save:
                 self.save(step)
         train_seconds = time.perf_counter() - t_start
         if terms is None:  # a complete checkpoint without a summary (stopped while finishing)

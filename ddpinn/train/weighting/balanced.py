@@ -35,15 +35,18 @@ class BalancedWeights(LossWeighting):
     def __init__(self, ctx: WeightingContext) -> None:
         super().__init__(ctx)
         self.settings = self.cfg.balanced
-        self.values = np.ones(len(ctx.names), dtype=np.float64)
-        """λ_t in :attr:`WeightingContext.names` order, [n_terms]."""
+        self._set(np.ones(len(ctx.names), dtype=np.float64))
+
+    def _set(self, values: np.ndarray) -> None:
+        """λ_t in :attr:`WeightingContext.names` order, [n_terms]; their device tensors are made
+        here, when they change, not at every step."""
+        self.values = values
+        self._tensors = {name: torch.tensor(value, dtype=self.ctx.dtype, device=self.ctx.device)
+                         for name, value in zip(self.ctx.names, values)}
 
     def weights(self) -> dict[str, Tensor]:
         """λ_t as a 0-d tensor per term."""
-        return {
-            name: torch.tensor(value, dtype=self.ctx.dtype, device=self.ctx.device)
-            for name, value in zip(self.ctx.names, self.values)
-        }
+        return self._tensors
 
     def before_step(self, step: int, gradient_norms: Callable[[], Tensor]) -> None:
         """At steps 0, every, 2 every, ... (unless :attr:`frozen`): λ ← α λ + (1 − α) λ̂."""
@@ -56,14 +59,14 @@ class BalancedWeights(LossWeighting):
         positive = norms > 0
         target[positive] = norms.sum() / norms[positive]
         alpha = self.settings.momentum
-        self.values = alpha * self.values + (1 - alpha) * target
+        self._set(alpha * self.values + (1 - alpha) * target)
 
     def global_state(self) -> dict[str, np.ndarray]:
         return {"balanced_weights": self.values.copy()}
 
     def load_global_state(self, state: dict[str, np.ndarray]) -> None:
         if "balanced_weights" in state:
-            self.values = np.asarray(state["balanced_weights"], dtype=np.float64).reshape(len(self.ctx.names)).copy()
+            self._set(np.asarray(state["balanced_weights"], dtype=np.float64).reshape(len(self.ctx.names)).copy())
 
     def report(self) -> dict[str, float]:
         """λ_t by term (``balanced/pde``, ...)."""

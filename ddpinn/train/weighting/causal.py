@@ -38,8 +38,8 @@ class CausalWeights(LossWeighting):
         domain = ctx.exp.decomposition.domain
         self.t0, self.t1 = float(domain.lo[self.axis]), float(domain.hi[self.axis])
         self.n_diagnostics = self.settings.chunks
-        self.chunk_losses = np.zeros(self.settings.chunks, dtype=np.float64)
-        """L_j of the last step, [chunks] (all zero before the first step)."""
+        self._chunk_losses = torch.zeros(self.settings.chunks, dtype=torch.float64, device=ctx.device)
+        """L_j of the last step, [chunks], on the device: the step never waits for a host copy."""
         self.chunk_of: Tensor | None = None
         """Chunk of each own PDE point, [n_pde] int64."""
         self.chunk_counts: Tensor | None = None
@@ -48,10 +48,18 @@ class CausalWeights(LossWeighting):
         self._one = torch.ones((), dtype=ctx.dtype, device=ctx.device)
 
     # ---------------------------------------------------------------- the step
-    def chunk_weights(self) -> np.ndarray:
-        """exp(−ε Σ_{j<i} L_j) for each chunk i, [chunks]; chunk 0 always has weight 1."""
-        earlier = np.concatenate([[0.0], np.cumsum(self.chunk_losses)[:-1]])
-        return np.exp(-self.settings.epsilon * earlier)
+    @property
+    def chunk_losses(self) -> np.ndarray:
+        """L_j of the last step, [chunks] float64 (all zero before the first step); a host copy,
+        for logging and checkpoints."""
+        return self._chunk_losses.cpu().numpy().copy()
+
+    def chunk_weights(self) -> Tensor:
+        """exp(−ε Σ_{j<i} L_j) for each chunk i, [chunks] float64 on the device; chunk 0 always
+        has weight 1."""
+        losses = self._chunk_losses
+        earlier = torch.cat([losses.new_zeros(1), torch.cumsum(losses, 0)[:-1]])
+        return torch.exp(-self.settings.epsilon * earlier)
 
     def weights(self) -> dict[str, Tensor]:
         """PDE: the weight of each own point's chunk, [n_pde]; other terms: 1."""
@@ -66,7 +74,7 @@ class CausalWeights(LossWeighting):
         """Keep the step's chunk losses for the next step's weights (unless :attr:`frozen`)."""
         if self.frozen:
             return
-        self.chunk_losses = diagnostics.detach().to(torch.float64).cpu().numpy().copy()
+        self._chunk_losses = diagnostics.detach().to(torch.float64).clone()
         self._update_point_weights()
 
     # ---------------------------------------------------------------- points and state
@@ -81,17 +89,18 @@ class CausalWeights(LossWeighting):
         self._update_point_weights()
 
     def global_state(self) -> dict[str, np.ndarray]:
-        return {"causal_chunk_losses": self.chunk_losses.copy()}
+        return {"causal_chunk_losses": self.chunk_losses}
 
     def load_global_state(self, state: dict[str, np.ndarray]) -> None:
         if "causal_chunk_losses" in state:
-            self.chunk_losses = np.asarray(state["causal_chunk_losses"], dtype=np.float64).reshape(-1).copy()
+            losses = np.asarray(state["causal_chunk_losses"], dtype=np.float64).reshape(-1)
+            self._chunk_losses = torch.tensor(losses, dtype=torch.float64, device=self.ctx.device)
             self._update_point_weights()
 
     def report(self) -> dict[str, float]:
         """``causal_min_weight``: the last chunk's weight; ``causal_front``: the fraction of chunks
         with weight > 0.99 (how far in time training has reached)."""
-        chunk = self.chunk_weights()
+        chunk = self.chunk_weights().cpu().numpy()
         return {"causal_min_weight": float(chunk.min()), "causal_front": float((chunk > 0.99).mean())}
 
     def describe(self) -> str:
@@ -101,5 +110,4 @@ class CausalWeights(LossWeighting):
     def _update_point_weights(self) -> None:
         if self.chunk_of is None:
             return
-        chunk = torch.as_tensor(self.chunk_weights(), dtype=self.ctx.dtype, device=self.ctx.device)
-        self._point_weights = chunk[self.chunk_of]
+        self._point_weights = self.chunk_weights().to(self.ctx.dtype)[self.chunk_of]

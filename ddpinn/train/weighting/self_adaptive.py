@@ -63,11 +63,12 @@ class SelfAdaptiveWeights(LossWeighting):
         self.groups: dict[str, _GroupState] = {}
         """The current point set's state, term name -> λ and moments (empty before :meth:`on_points`)."""
         self.optimizer: torch.optim.Adam | None = None
+        self._fused = ctx.device.type in ("cpu", "cuda")
         self.ascent_steps = 0
         """Adam ascent steps taken so far (the step count of the moments' bias correction)."""
         self._restored: dict[str, _GroupState] | None = None
-        self._moments: list[float] | None = None
-        """The last step's all-reduced :meth:`diagnostics`."""
+        self._moments: Tensor | None = None
+        """The last step's all-reduced :meth:`diagnostics`, on the device (read at logging only)."""
 
     # ---------------------------------------------------------------- the step
     def weights(self) -> dict[str, Tensor]:
@@ -94,7 +95,7 @@ class SelfAdaptiveWeights(LossWeighting):
             state.lam.grad = None
 
     def after_sync(self, step: int, diagnostics: Tensor) -> None:
-        self._moments = diagnostics.detach().to(torch.float64).cpu().tolist()
+        self._moments = diagnostics.detach()
 
     # ---------------------------------------------------------------- points and state
     def on_points(self, points, batch) -> None:
@@ -107,7 +108,9 @@ class SelfAdaptiveWeights(LossWeighting):
         for name in self.ctx.names:
             n = points.groups[name].shape[0]
             self.groups[name] = self._carry(previous.get(name), points.kept_from(name), n)
-        self.optimizer = torch.optim.Adam([g.lam for g in self.groups.values()], lr=self.settings.lr, maximize=True)
+        # Fused: the step count stays on the device (the plain kernel reads it back every step).
+        self.optimizer = torch.optim.Adam([g.lam for g in self.groups.values()], lr=self.settings.lr, maximize=True,
+                                          fused=self._fused)
         self._set_optimizer_state()
 
     def point_state(self) -> dict[str, dict[str, np.ndarray]]:
@@ -149,8 +152,9 @@ class SelfAdaptiveWeights(LossWeighting):
         out = {}
         if self._moments is None:
             return out
+        moments = self._moments.to(torch.float64).cpu().tolist()
         for t, name in enumerate(self.ctx.names):
-            mean, mean_square = self._moments[2 * t : 2 * t + 2]
+            mean, mean_square = moments[2 * t : 2 * t + 2]
             out[f"sa_mean/{name}"] = mean
             out[f"sa_std/{name}"] = max(mean_square - mean * mean, 0.0) ** 0.5
         return out
@@ -188,7 +192,8 @@ class SelfAdaptiveWeights(LossWeighting):
             return
         for g in self.groups.values():
             self.optimizer.state[g.lam] = {
-                "step": torch.tensor(float(self.ascent_steps)),
+                "step": torch.tensor(float(self.ascent_steps), dtype=torch.float32,
+                                     device=g.lam.device if self._fused else "cpu"),
                 "exp_avg": g.exp_avg,
                 "exp_avg_sq": g.exp_avg_sq,
             }

@@ -24,7 +24,7 @@ from pathlib import Path
 __all__ = [
     "available_cores", "default_threads", "set_threads", "tune_cpu_allocator", "machine_probe_ms", "machine",
     "CompileDecision", "decide_compile", "contention", "cold_compile_estimate", "CompileRecord",
-    "COMPILED_STEP_RATIO",
+    "COMPILED_STEP_RATIO", "CompileSettings", "compile_settings",
 ]
 
 _M_TRIM_THRESHOLD = -1
@@ -241,6 +241,39 @@ class CompileRecord:
             pass
 
 
+@dataclass(frozen=True)
+class CompileSettings:
+    """The arguments of ``torch.compile`` for the training step."""
+
+    mode: str
+    """torch.compile's ``mode``."""
+    dynamic: bool | None
+    """torch.compile's ``dynamic``: True compiles for any batch size, False specialises on the
+    first one, None lets torch decide (static first, dynamic after a change)."""
+
+
+def compile_settings(device_type: str, changing_shapes: bool) -> CompileSettings:
+    """How to compile the training step on ``device_type`` (``"cpu"``, ``"cuda"``, ...).
+
+    Never CUDA graphs (modes ``reduce-overhead`` and ``max-autotune``): a graph replays recorded
+    kernels, so the neighbour exchange inside the step (host-side waits, NCCL calls, gloo's copies
+    through host memory) cannot be captured, and every new batch size would record a new graph
+    and hold its memory. The ``default`` mode uses none. Autotuning (``max-autotune-no-cudagraphs``)
+    is left out too: the step's matrix products are many small stacked ones, where a search over
+    kernel configurations adds minutes of compile for little (the compile-or-not decision counts
+    on compile times near the default mode's).
+
+    ``dynamic``: points that change size during the run (``changing_shapes``) compile for any
+    size at once (one recompile at the first change instead of one per size). Fixed points on
+    CUDA specialise on their size (``False``): shapes known to the compiler give the GPU kernels
+    fixed launch grids and no size guards. CPU keeps torch's default (None), as measured by
+    ``benchmarks/speed.py``.
+    """
+    if changing_shapes:
+        return CompileSettings(mode="default", dynamic=True)
+    return CompileSettings(mode="default", dynamic=False if device_type == "cuda" else None)
+
+
 class TracedOps:
     """Counts the operators one call runs (a torch dispatch mode) and fingerprints them."""
 
@@ -284,15 +317,18 @@ class StepFunction:
     """
 
     def __init__(self, eager: Callable, *, mode: str, total_steps: int, gather: Callable[[object], list],
-                 message: Callable[[str], None], probe_calls: int = 30, changing_shapes: bool = False) -> None:
+                 message: Callable[[str], None], probe_calls: int = 30, changing_shapes: bool = False,
+                 device_type: str = "cpu") -> None:
         """``eager``: the uncompiled ``local_terms``; ``gather(obj)``: every rank's ``obj``
         (a collective: all ranks decide alike); ``message(text)``: a progress line.
         ``changing_shapes``: the batch changes size during the run (resampled or adaptive points):
         the step is compiled with dynamic shapes, which costs one more compile at the first
         change (measured: RAD on P6, events 1 and 3 each recompiled with static shapes, ~40 s
-        each; with dynamic shapes only event 1), and the decision counts that compile too."""
+        each; with dynamic shapes only event 1), and the decision counts that compile too.
+        ``device_type``: where the step runs (:func:`compile_settings`)."""
         self.eager, self.total_steps, self.gather, self.message = eager, total_steps, gather, message
         self.changing_shapes = changing_shapes
+        self.settings = compile_settings(device_type, changing_shapes)
         self.probe_calls = probe_calls if mode == "auto" else 0
         self.mode = "eager"
         """How the step runs: "eager", "compiled", or "eager (torch.compile failed)"."""
@@ -348,7 +384,7 @@ class StepFunction:
         import torch
 
         self.compiling = True
-        compiled = torch.compile(self.eager, dynamic=True if self.changing_shapes else None)
+        compiled = torch.compile(self.eager, mode=self.settings.mode, dynamic=self.settings.dynamic)
         try:
             out = compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager

@@ -13,6 +13,7 @@ from ddpinn.perf import (
     CompileRecord,
     StepFunction,
     cold_compile_estimate,
+    compile_settings,
     contention,
     decide_compile,
     default_threads,
@@ -101,7 +102,7 @@ class CompileSpy:
     def __init__(self, fail: bool = False) -> None:
         self.calls, self.fail, self.dynamic = 0, fail, []
 
-    def __call__(self, fn, dynamic=None):
+    def __call__(self, fn, mode="default", dynamic=None):
         self.calls += 1
         self.dynamic.append(dynamic)
         if not self.fail:
@@ -273,3 +274,20 @@ def test_probe_times_one_thread_and_gives_the_threads_back():
     finally:
         torch.set_num_threads(before)
     assert machine().endswith(" cores") and len(machine()) > len(" cores")
+
+
+@pytest.mark.parametrize("device,changing,dynamic", [
+    ("cpu", False, None), ("cpu", True, True), ("cuda", False, False), ("cuda", True, True),
+])
+def test_compile_settings_never_use_cuda_graphs(device, changing, dynamic):
+    settings = compile_settings(device, changing)
+    # "reduce-overhead" and "max-autotune" record CUDA graphs, which cannot hold the exchange.
+    assert settings.mode == "default"
+    assert settings.dynamic is dynamic
+
+
+def test_the_step_function_compiles_with_the_device_settings(spy):
+    fn = StepFunction(slow_step(0), mode="on", total_steps=1, gather=lambda o: [o], message=lambda m: None,
+                      device_type="cuda")
+    fn(torch.zeros(1))
+    assert spy.dynamic == [False]

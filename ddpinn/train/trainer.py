@@ -100,6 +100,7 @@ class Trainer:
         self.engine.local = StepFunction(
             self.engine.local_outputs, mode=self.cfg.train.compile, total_steps=exp.total_steps,
             gather=comm.allgather_object, message=self.progress.message, changing_shapes=source.changes_points,
+            device_type=device.type,
         )
         self.guard = FiniteGuard(self.model, self.objective, comm, self.run_dir / "checkpoint.h5")
         named = ckpt_io.named_parameters(self.model, self.trainables)

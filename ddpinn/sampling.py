@@ -126,7 +126,7 @@ def sample_box(
         raise ValueError(f"sampling.method: unknown method {method!r}; choose one of {[m.value for m in SamplingMethod]}")
     x = np.repeat(lo[None, :], y.shape[0], axis=0)
     x[:, free] = y
-    return x
+    return x[block.contains(x)]  # a face's fixed coordinate must lie in the block too
 
 
 def _grid(box: Box, shape: tuple[int, ...], block: Block) -> np.ndarray:

@@ -3,15 +3,13 @@
 Defines :class:`RankTraffic` and :func:`rank_traffic`: for one rank of a layout, its own
 points, its halo points (from the same ``halo_requests`` the exchange plan is built from), the
 (point, subdomain) pairs it evaluates, its neighbours, the values it sends per step, and the
-*analytic* halo volume: point density times the volume by which the rank's owned subdomain
-boxes stick out of its block (the box model behind the cost model). Used by the step profiler
-and the scaling model in ``benchmarks/``.
+*analytic* halo volume: the points in the region by which the rank's owned subdomain boxes
+stick out of its block, counted per axis by :mod:`ddpinn.parallel.workload` (the box model).
+Used by the step profiler and the scaling model in ``benchmarks/``.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,6 +19,7 @@ from ddpinn.build import Experiment
 from ddpinn.geometry import level_pairs
 from ddpinn.parallel.exchange.plan import halo_requests
 from ddpinn.parallel.layout import ParallelLayout
+from ddpinn.parallel.workload import Intervals, PointCounter, owned_regions, union_counts
 
 __all__ = ["RankTraffic", "rank_traffic", "analytic_halo_points"]
 
@@ -50,94 +49,23 @@ class RankTraffic:
         return out
 
 
-@dataclass(frozen=True)
-class _Interval:
-    lo: float
-    hi: float
-    lo_closed: bool
-    hi_closed: bool
-
-    def __and__(self, other: _Interval) -> _Interval:
-        lo = max(self.lo, other.lo)
-        hi = min(self.hi, other.hi)
-        lo_closed = (self.lo_closed or self.lo < lo) and (other.lo_closed or other.lo < lo)
-        hi_closed = (self.hi_closed or self.hi > hi) and (other.hi_closed or other.hi > hi)
-        return _Interval(lo, hi, lo_closed, hi_closed)
-
-
-Box = tuple[_Interval, ...]
-
-
-class _PointCounter:
-    """Expected collocation points in a box: grid lines per axis for grid sampling (a thin halo
-    holds a whole number of grid lines), point density times volume otherwise."""
-
-    def __init__(self, exp: Experiment) -> None:
-        from ddpinn.sampling import SamplingMethod, grid_shape
-
-        dom = exp.decomposition.domain
-        self.axes = None
-        if exp.cfg.sampling.method == SamplingMethod.GRID:
-            self.axes = [np.linspace(dom.lo[a], dom.hi[a], n) for a, n in enumerate(grid_shape(dom, exp.cfg.sampling.n))]
-        self.density = exp.collocation_count / float(np.prod(dom.lengths))
-
-    def box(self, box: Box) -> float:
-        if any(i.hi < i.lo for i in box):
-            return 0.0
-        if self.axes is None:
-            return self.density * float(np.prod([i.hi - i.lo for i in box]))
-        total = 1.0
-        for ax, i in zip(self.axes, box):
-            lower = ax >= i.lo if i.lo_closed else ax > i.lo
-            upper = ax <= i.hi if i.hi_closed else ax < i.hi
-            total *= np.count_nonzero(lower & upper)
-        return total
-
-    def union(self, boxes: list[Box]) -> float:
-        """Points in a union of boxes, by inclusion-exclusion (a handful of partitioned levels)."""
-        total = 0.0
-        for k in range(1, len(boxes) + 1):
-            for subset in itertools.combinations(boxes, k):
-                common = tuple(functools.reduce(lambda a, b: a & b, axis) for axis in zip(*subset))
-                total += (-1) ** (k + 1) * self.box(common)
-        return total
-
-
-def _owned_regions(layout: ParallelLayout, rank: int) -> list[Box]:
-    """Per partitioned level, the region covered by the rank's owned subdomains: their boxes form
-    a tensor-product block, so the union is one open box (closed on the domain boundary)."""
-    dom = layout.decomposition.domain
-    regions = []
-    for l, level in enumerate(layout.decomposition.levels):
-        if not layout.is_partitioned(l):
-            continue
-        ids = np.nonzero(layout.owners[l] == rank)[0]
-        if ids.size == 0:
-            continue
-        lo, hi = level.subdomain_boxes(ids)
-        lo, hi = lo.min(0), hi.max(0)
-        regions.append(tuple(
-            _Interval(max(lo[a], dom.lo[a]), min(hi[a], dom.hi[a]), lo[a] <= dom.lo[a], hi[a] >= dom.hi[a])
-            for a in range(level.dim)
-        ))
-    return regions
-
-
-def _block_box(layout: ParallelLayout, rank: int) -> Box:
-    block = layout.block(rank)
-    return tuple(_Interval(l, h, True, c) for l, h, c in zip(block.lo, block.hi, block.closed_hi))
-
-
-def analytic_halo_points(layout: ParallelLayout, rank: int, count: _PointCounter) -> tuple[float, float]:
-    """(halo points of ``rank``, own points that neighbours evaluate) by the box model."""
-    block = _block_box(layout, rank)
-    mine = _owned_regions(layout, rank)
-    inside = [tuple(a & b for a, b in zip(region, block)) for region in mine]
-    halo = count.union(mine) - count.union(inside)
-    requested = 0.0
-    for q in layout.neighbours(rank):
-        requested += count.union([tuple(a & b for a, b in zip(region, block)) for region in _owned_regions(layout, q)])
-    return halo, requested
+def analytic_halo_points(exp: Experiment, layout: ParallelLayout, rank: int) -> tuple[float, float]:
+    """(halo points of ``rank``, own points that other ranks evaluate) by the box model of
+    :mod:`ddpinn.parallel.workload`: the points in the union of the regions a rank's partitioned
+    subdomains cover, outside its block; and in its block, inside the other ranks' regions."""
+    partitioned = [l for l in range(exp.decomposition.n_levels) if layout.is_partitioned(l)]
+    if not partitioned:
+        return 0.0, 0.0
+    counter = PointCounter(exp)
+    regions = [owned_regions(layout, l) for l in partitioned]
+    blocks = [Intervals.blocks(layout, a) for a in range(exp.problem.dim)]
+    everywhere = union_counts(counter, regions)[0].reshape(-1)
+    inside = union_counts(counter, regions, blocks)[0].reshape(-1)
+    # Every block column's regions, counted in this rank's block: [q] = q's region within rank's block.
+    mine = layout.block_index(rank)
+    here = [blocks[a].take(np.full(layout.grid[a], mine[a])) for a in range(exp.problem.dim)]
+    in_mine = union_counts(counter, regions, here)[0].reshape(-1)
+    return float(everywhere[rank] - inside[rank]), float(in_mine.sum() - in_mine[rank])
 
 
 def rank_traffic(exp: Experiment, layout: ParallelLayout, rank: int, epoch: int = 0) -> RankTraffic:
@@ -169,7 +97,7 @@ def rank_traffic(exp: Experiment, layout: ParallelLayout, rank: int, epoch: int 
         else:
             replicated_params += exp.level_parameters(l)
 
-    analytic_halo, analytic_requested = analytic_halo_points(layout, rank, _PointCounter(exp))
+    analytic_halo, analytic_requested = analytic_halo_points(exp, layout, rank)
     return RankTraffic(
         rank=rank,
         own_points=int(x_own.shape[0]),

@@ -130,12 +130,16 @@ def _train(args) -> int:
 def _check(args) -> int:
     """Describe the run from counts (:mod:`ddpinn.parallel.workload`): no batch, no model."""
     from ddpinn.build import build_experiment, resolve_device
+    from ddpinn.config import ConfigError
     from ddpinn.parallel.workload import workload
     from ddpinn.session import make_layout
 
     cfg, base = _load(args.config, args.overrides)
     exp = build_experiment(cfg, base)
-    device = resolve_device(cfg.run.device)
+    try:
+        device = str(resolve_device(cfg.run.device))
+    except ConfigError:  # a GPU run described on a machine without one (a login node, say)
+        device = f"{cfg.run.device} (not available here)"
     layout = make_layout(exp, args.ranks)
     work = workload(exp, layout)
     pairs = work.pairs_by_level
@@ -157,7 +161,7 @@ def _check(args) -> int:
             print(line)
     print(f"device        {device}, {cfg.run.dtype}")
     if args.device_memory is not None:
-        return _memory_report(exp, work, args.device_memory, device.type)
+        return _memory_report(exp, work, args.device_memory, device.split(":")[0].split(" ")[0])
     return 0
 
 
@@ -179,33 +183,35 @@ def _per_rank_lines(work) -> list[str]:
 
 
 def _memory_report(exp, work, limit: int, device_kind: str) -> int:
-    """Each rank's estimated memory against ``limit`` bytes: the largest, and whether it fits.
-    Over the limit: the parts and levels that dominate, to stderr, and :data:`DOES_NOT_FIT`."""
+    """Each rank's estimated memory (:mod:`ddpinn.parallel.memory`) against ``limit`` bytes: the
+    largest, and whether it fits. Over the limit: an error naming the parts, levels and points
+    that dominate, and :data:`DOES_NOT_FIT`. Nothing is allocated."""
     from ddpinn.parallel.memory import estimate_rank_memory
 
     estimates = [estimate_rank_memory(exp, r, device_kind) for r in work.ranks]
     worst = max(range(len(estimates)), key=lambda i: estimates[i].total_bytes)
     estimate, rank = estimates[worst], work.ranks[worst]
-    verdict = "fits" if estimate.total_bytes <= limit else "does NOT fit"
-    print(f"memory        largest rank {rank.rank}: {_gb(estimate.total_bytes)} of {_gb(limit)} per device: {verdict}")
-    parts = sorted(estimate.by_part.items(), key=lambda kv: -kv[1])
-    print(f"              {', '.join(f'{name} {_gb(size)}' for name, size in parts)}")
-    if estimate.total_bytes <= limit:
+    fits = estimate.total_bytes <= limit
+    totals = [e.total_bytes for e in estimates]
+    print(f"memory        per rank {_size(min(totals))}-{_size(max(totals))} on {device_kind}, device "
+          f"{_size(limit)}: {'fits' if fits else 'does NOT fit'}")
+    print(f"              largest, rank {rank.rank}: {estimate.describe(4)}")
+    if fits:
         return 0
-    top = sorted(rank.pairs_by_level.items(), key=lambda kv: -kv[1])[:3]
+    levels = sorted(rank.pairs_by_level.items(), key=lambda kv: -kv[1])[:3]
     print(
-        f"ddpinn: error: rank {rank.rank} needs about {_gb(estimate.total_bytes)}, more than --device-memory "
-        f"{_gb(limit)}; largest parts: {', '.join(f'{name} {_gb(size)}' for name, size in parts[:3])}; the rank "
-        f"evaluates {rank.pairs} (point, subdomain) pairs on {rank.n_own} own + {rank.halo_points} halo points, most on "
-        f"{', '.join(f'level {l + 1} ({p} pairs)' for l, p in top)}; use more ranks or fewer points "
-        f"(sampling.n)",
+        f"ddpinn: error: --device-memory {_size(limit)}: rank {rank.rank} needs about {_size(estimate.total_bytes)} "
+        f"({', '.join(f'{name} {_size(b)}' for name, b in estimate.dominant(3))}); it evaluates {rank.pairs} "
+        f"(point, subdomain) pairs at {rank.n_own} own + {rank.halo_points} halo points, most on "
+        f"{', '.join(f'level {l + 1} ({p} pairs)' for l, p in levels)}; use more ranks, fewer points (sampling.n) "
+        f"or fewer levels",
         file=sys.stderr,
     )
     return DOES_NOT_FIT
 
 
-def _gb(size: float) -> str:
-    return f"{size / 1e9:.3g} GB" if size >= 1e8 else f"{size / 1e6:.3g} MB"
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _training_methods(exp) -> str:

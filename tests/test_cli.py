@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ddpinn.build import build_experiment
 from ddpinn.cli import main
 from ddpinn.config import load_config, to_dict
 from ddpinn.io.outputs import read_metrics
@@ -166,3 +167,67 @@ def test_a_grid_total_that_is_rounded_is_reported(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "collocation 8x8 grid (64 points) [sampling.n = 60 is a total, rounded to a grid" in out
     assert "give points per axis, e.g. n: [8, 8], for exact counts]; test 10x10 grid (100 points)" in out
+
+
+@pytest.fixture
+def p4_config(tmp_path):
+    data = {"problem": {"name": "poisson2d"}, "decomposition": {"levels": 3}, "sampling": {"n": [24, 20], "test_n": [10, 10]}}
+    return write_yaml(tmp_path / "p4.yaml", data)
+
+
+def test_check_reports_pairs_and_per_rank_work_without_building_a_batch(p4_config, capsys):
+    from ddpinn.model.batch import build_batch
+    from ddpinn.parallel.policy import plan_layout
+    from ddpinn.parallel.workload import workload
+
+    assert main(["check", str(p4_config), "--ranks", "4"]) == 0
+    out = capsys.readouterr().out
+    exp = build_experiment(load_config(p4_config))
+    batch = build_batch(exp.problem, exp.decomposition, exp.window, exp.spec, exp.training_points(0))
+    for l, cov in enumerate(batch.levels):
+        shape = "x".join(map(str, exp.decomposition.levels[l].shape))
+        assert f"  level {l + 1}: {shape} subdomains, {cov.n_pairs} (point, subdomain) pairs, network" in out
+    assert f"pde: 480; total pairs {batch.n_pairs}\n" in out
+    ranks = workload(exp, plan_layout(exp, 4)).ranks
+    pairs, halo = [r.pairs for r in ranks], [r.halo_points for r in ranks]
+    assert f"per rank      pairs {min(pairs)}-{max(pairs)} (max/mean " in out
+    assert f"halo points {min(halo)}-{max(halo)} (max/mean " in out
+    assert "memory" not in out  # only with --device-memory
+
+
+@pytest.mark.parametrize("text, size", [("80GB", 80 * 10**9), ("512MB", 512 * 10**6), ("1.5GiB", 3 * 2**29),
+                                        ("64 kib", 2**16), ("4096", 4096)])
+def test_device_memory_sizes(text, size):
+    from ddpinn.cli import _memory_size
+
+    assert _memory_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["eighty", "80XB", "-1GB", "0GB", "GB"])
+def test_a_bad_device_memory_is_refused_naming_the_flag(p4_config, capsys, text):
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", str(p4_config), f"--device-memory={text}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --device-memory: need a positive size with a unit such as 80GB, 512MB or 1.5GiB" in err
+    assert repr(text) in err
+
+
+def test_device_memory_fits_or_stops_naming_what_dominates(p4_config, capsys):
+    from ddpinn.cli import DOES_NOT_FIT
+    from ddpinn.parallel.memory import estimate_rank_memory
+    from ddpinn.parallel.policy import plan_layout
+    from ddpinn.parallel.workload import workload
+
+    exp = build_experiment(load_config(p4_config))
+    largest = max(estimate_rank_memory(exp, r, "cpu").total_bytes for r in workload(exp, plan_layout(exp, 2)).ranks)
+    assert main(["check", str(p4_config), "--ranks", "2", "--device-memory", f"{largest}"]) == 0
+    out = capsys.readouterr().out
+    assert f"-{largest / 2**20:.0f} MiB on cpu, device {largest / 2**20:.0f} MiB: fits" in out
+
+    assert main(["check", str(p4_config), "--ranks", "2", "--device-memory", f"{largest - 1}"]) == DOES_NOT_FIT == 5
+    captured = capsys.readouterr()
+    assert "does NOT fit" in captured.out
+    err = captured.err
+    assert err.startswith("ddpinn: error: --device-memory ") and "needs about" in err
+    assert "(point, subdomain) pairs at 240 own + " in err and "most on level " in err and "use more ranks" in err

@@ -26,6 +26,7 @@ from ddpinn.model.trainables import TrainableParameters
 from ddpinn.parallel.batching import BatchFactory, TestSet
 from ddpinn.parallel.comm import Communicator
 from ddpinn.parallel.layout import ParallelLayout
+from ddpinn.parallel.memory import memory_summary
 from ddpinn.parallel.parallelize import parallelize_model
 from ddpinn.parallel.sync import GradientSync
 from ddpinn.perf import StepFunction
@@ -324,6 +325,9 @@ class Trainer:
             "refresh_seconds": self.refresh_seconds,
             "rebalances": self.rebalances,
             "weighting": self.weighting.describe(),
+            # Every rank's measured peak beside the memory model's figure for its batch.
+            **memory_summary(self.exp, self.points.batch, self.model, self.comm, self.device,
+                             compiled=self.step_mode == "compiled"),
         }
         if self.exp.problem.trainable:
             summary["problem"] = self.trainables.current()

@@ -97,7 +97,8 @@ def run_training(
 
 
 def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
-    """Reload a run's checkpoint and recompute its test errors (and results.h5, plots)."""
+    """Reload a run's checkpoint and recompute its test errors, chunk by chunk as in training
+    (results.h5 and the plots are left as the run wrote them)."""
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml", [*(overrides or []), f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}"])
     # The same choice of checkpoint as --resume: the previous one, with a warning, if the latest is damaged.

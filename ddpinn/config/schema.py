@@ -236,6 +236,10 @@ class SamplingConfig:
     """Draw new collocation points every this many steps (0: never; not for ``grid``)."""
     test_n: int | list[int] = 1000
     """Test grid: points per axis (a list), or a total rounded to a grid as for ``n``."""
+    test_chunk: int = 65536
+    """Test points a rank evaluates at once: test errors and ``results.h5`` are computed chunk by
+    chunk (and written to rank 0 chunk by chunk), so their memory is bounded by this, not by the
+    grid. Larger chunks are fewer halo exchanges; smaller ones less memory per evaluation."""
     adaptive: AdaptiveSamplingConfig = field(default_factory=AdaptiveSamplingConfig)
     """Residual-based adaptive collocation points (RAD, RAR-D)."""
 
@@ -247,6 +251,7 @@ class SamplingConfig:
             if not values or min(values) < 1:
                 raise ConfigError(f"sampling.{name}: need at least 1 point (per axis), got {value}")
         _positive("sampling.resample_every", self.resample_every, allow_zero=True)
+        _positive("sampling.test_chunk", self.test_chunk)
         if self.resample_every and self.method == "grid":
             raise ConfigError("sampling.resample_every: grid points never change; use method uniform, sobol or halton")
         if self.adaptive.method != "none":

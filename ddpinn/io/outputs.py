@@ -18,12 +18,12 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 import h5py
 import numpy as np
 
-__all__ = ["MetricsLog", "Progress", "write_results", "read_metrics", "format_duration"]
+__all__ = ["MetricsLog", "Progress", "ResultsWriter", "read_metrics", "format_duration"]
 
 
 def format_duration(seconds: float) -> str:
@@ -106,26 +106,48 @@ class Progress:
             print(text, file=self.stream, flush=True)
 
 
-def write_results(
-    path: Path,
-    *,
-    x: np.ndarray,
-    prediction: np.ndarray,
-    exact: np.ndarray | None,
-    grid_shape: tuple[int, ...],
-    input_names: tuple[str, ...],
-    output_names: tuple[str, ...],
-    errors: dict[str, float],
-    step: int,
-) -> None:
-    """Test-grid results, grid-shaped: x [*grid, dim], prediction/exact/error [*grid, n_out]."""
-    shape = tuple(grid_shape)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs.update(step=step, inputs=list(input_names), outputs=list(output_names), **errors)
-        f.create_dataset("x", data=x.reshape(*shape, -1))
-        f.create_dataset("prediction", data=prediction.reshape(*shape, -1))
-        if exact is not None:
-            f.create_dataset("exact", data=exact.reshape(*shape, -1))
-            f.create_dataset("error", data=(prediction - exact).reshape(*shape, -1))
-    tmp.replace(path)
+class ResultsWriter:
+    """``results.h5`` written piece by piece: grid-shaped datasets x [*grid, dim] and prediction,
+    exact, error [*grid, n_out] (float64; exact and error only with an exact solution), the
+    errors and step as attributes. Each :meth:`write` fills one box of the grid (a hyperslab),
+    so the whole grid is never in memory. Written to a temporary file that replaces ``path``
+    when the writer closes without an error (a failed write leaves the old results)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        grid_shape: tuple[int, ...],
+        n_out: int,
+        has_exact: bool,
+        input_names: tuple[str, ...],
+        output_names: tuple[str, ...],
+        errors: dict[str, float],
+        step: int,
+    ) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        shape = tuple(grid_shape)
+        self.file = h5py.File(self.tmp, "w")
+        self.file.attrs.update(step=step, inputs=list(input_names), outputs=list(output_names), **errors)
+        names = ["prediction", "exact", "error"] if has_exact else ["prediction"]
+        self.x = self.file.create_dataset("x", shape=(*shape, len(shape)), dtype=np.float64)
+        self.fields = {n: self.file.create_dataset(n, shape=(*shape, n_out), dtype=np.float64) for n in names}
+
+    def write(self, box: tuple[slice, ...], x: np.ndarray, prediction: np.ndarray, exact: np.ndarray | None) -> None:
+        """The points of the grid box ``box`` (one slice per axis, box shape ``s``): ``x`` [prod(s), dim]
+        and ``prediction``, ``exact`` [prod(s), n_out], in C order over the box."""
+        shape = tuple(b.stop - b.start for b in box)
+        self.x[box] = x.reshape(*shape, -1)
+        self.fields["prediction"][box] = prediction.reshape(*shape, -1)
+        if "exact" in self.fields:
+            self.fields["exact"][box] = exact.reshape(*shape, -1)
+            self.fields["error"][box] = (prediction - exact).reshape(*shape, -1)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.file.close()
+        if kind is None:
+            self.tmp.replace(self.path)

@@ -1,7 +1,9 @@
 """PNG plots of a finished run, read back from its directory (so ``ddpinn plot RUN_DIR`` can
 redraw them): the solution, exact solution and error; the decomposition with its windows; the
 loss and test-error curves; and, for adaptive sampling, the collocation points at each
-sampling event over the solution."""
+sampling event over the solution. Grids are read from ``results.h5`` with a stride, at most
+:data:`IMAGE_AXIS_POINTS` per axis of an image (:data:`LINE_POINTS` along a 1-D line), so that
+plotting a large grid reads only what the figure shows."""
 
 from __future__ import annotations
 
@@ -12,7 +14,25 @@ import numpy as np
 
 from ddpinn.io.outputs import read_metrics
 
-__all__ = ["plot_run"]
+__all__ = ["plot_run", "read_strided", "IMAGE_AXIS_POINTS", "LINE_POINTS"]
+
+IMAGE_AXIS_POINTS = 1000
+"""Grid points read per image axis: a panel is about 460 pixels wide at the figures' size."""
+LINE_POINTS = 10_000
+"""Grid points read along a 1-D line plot (about 900 pixels wide)."""
+
+
+def read_strided(dataset, index: tuple = ()) -> np.ndarray:
+    """``dataset`` [*grid, k] of ``results.h5`` at ``index`` (a leading index: ints fix axes,
+    slices are ignored), the remaining grid axes read with a stride: at most
+    :data:`IMAGE_AXIS_POINTS` per axis for 2-D images, :data:`LINE_POINTS` for a 1-D line.
+    Returns [*strided remaining grid axes, k]."""
+    grid = dataset.shape[:-1]
+    index = tuple(index) + (slice(None),) * (len(grid) - len(index))
+    free = [a for a, i in enumerate(index) if isinstance(i, slice)]
+    limit = LINE_POINTS if len(free) == 1 else IMAGE_AXIS_POINTS
+    strided = tuple(slice(None, None, -(-grid[a] // limit)) if a in free else i for a, i in enumerate(index))
+    return dataset[strided + (slice(None),)]
 
 
 def _pyplot():
@@ -63,12 +83,13 @@ def _plot_points(plt, events: dict[int, np.ndarray], results: Path, target: Path
     keys = list(events)
     shown = [keys[i] for i in sorted(set(np.linspace(0, len(keys) - 1, min(6, len(keys))).round().astype(int)))]
     with h5py.File(results, "r") as f:
-        x, pred = f["x"][()], f["prediction"][()]
         inputs = list(f.attrs["inputs"])
+        two_d = f["x"].shape[-1] == 2
+        x, pred = (read_strided(f["x"]), read_strided(f["prediction"])) if two_d else (None, None)
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.0), squeeze=False)
     for ax, event in zip(axes[0], shown):
         pts = events[event]
-        if x.shape[-1] == 2:
+        if two_d:
             ax.pcolormesh(x[..., 0], x[..., 1], pred[..., 0], shading="auto", cmap="RdBu_r")
             ax.scatter(pts[:, 0], pts[:, 1], s=0.8, c="k", alpha=0.6, linewidths=0)
             ax.set_xlabel(inputs[0])
@@ -86,13 +107,28 @@ def _plot_points(plt, events: dict[int, np.ndarray], results: Path, target: Path
 
 def _plot_solution(plt, path: Path, target: Path) -> Path:
     with h5py.File(path, "r") as f:
-        x, pred = f["x"][()], f["prediction"][()]
-        exact = f["exact"][()] if "exact" in f else None
         inputs = list(f.attrs["inputs"])
         rel = f.attrs.get("rel_l2")
-    dim = x.shape[-1]
+        has_exact = "exact" in f
+        grid = f["x"].shape[:-1]
+        dim = len(grid)
+        if dim <= 2:
+            x, pred = read_strided(f["x"]), read_strided(f["prediction"])
+            exact = read_strided(f["exact"]) if has_exact else None
+            slices = [(x, pred, exact, "")]
+        else:
+            # Slices of the last axis at its start, middle and end (the axes between the first
+            # two and the last at their first index).
+            slices = []
+            for k in sorted({0, grid[-1] // 2, grid[-1] - 1}):
+                index = (slice(None),) * 2 + (0,) * (dim - 3) + (k,)
+                sub_x = read_strided(f["x"], index)
+                sub_e = read_strided(f["exact"], index) if has_exact else None
+                label = f" at {inputs[-1]}={sub_x[0, 0, dim - 1]:.3g}"
+                slices.append((sub_x, read_strided(f["prediction"], index), sub_e, label))
     title = f"rel L2 {rel:.2e}" if rel is not None else ""
     if dim == 1:
+        x, pred, exact, _ = slices[0]
         fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True, height_ratios=[2, 1])
         axes[0].plot(x[:, 0], pred[:, 0], label="FBPINN", lw=1.5)
         if exact is not None:
@@ -103,21 +139,7 @@ def _plot_solution(plt, path: Path, target: Path) -> Path:
         axes[1].set_ylabel("error")
         axes[1].set_xlabel(inputs[0])
     else:
-        # 2-D: the grid; 3-D and up: slices of the last axis at its start, middle and end.
-        if dim == 2:
-            slices = [(x, pred, exact, "")]
-        else:
-            n_last = x.shape[dim - 1]
-            slices = []
-            for k in sorted({0, n_last // 2, n_last - 1}):
-                idx = (slice(None),) * (dim - 1) + (k,) + (Ellipsis,)
-                sub_x, sub_p = x[idx], pred[idx]
-                sub_e = exact[idx] if exact is not None else None
-                while sub_x.ndim > 3:  # collapse middle axes for dim > 3
-                    sub_x, sub_p = sub_x[:, :, 0], sub_p[:, :, 0]
-                    sub_e = sub_e[:, :, 0] if sub_e is not None else None
-                slices.append((sub_x, sub_p, sub_e, f" at {inputs[-1]}={x[idx][0, 0, dim - 1]:.3g}"))
-        cols = 3 if exact is not None else 1
+        cols = 3 if has_exact else 1
         fig, axes = plt.subplots(len(slices), cols, figsize=(4.2 * cols, 3.6 * len(slices)), squeeze=False)
         for row, (sx, sp, se, label) in enumerate(slices):
             extent = [sx[0, 0, 0], sx[-1, 0, 0], sx[0, 0, 1], sx[0, -1, 1]]

@@ -46,6 +46,13 @@ class Communicator(ABC):
     def allgather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank (setup and checkpoint only)."""
 
+    def gather_object(self, obj: Any, root: int = 0) -> list[Any] | None:
+        """Every rank's ``obj``, in rank order, on ``root`` only (None on the others): what
+        streams results to rank 0 without every rank receiving everything. This default goes
+        through :meth:`allgather_object`; the multi-process communicators gather to ``root``."""
+        gathered = self.allgather_object(obj)
+        return gathered if self.rank == root else None
+
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         return self.allgather_object(obj)[root]
 
@@ -74,4 +81,7 @@ class LocalComm(Communicator):
         return {}
 
     def allgather_object(self, obj):
+        return [obj]
+
+    def gather_object(self, obj, root=0):
         return [obj]

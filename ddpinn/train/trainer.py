@@ -34,7 +34,7 @@ from ddpinn.points import SourceContext, make_point_source
 from ddpinn.train import checkpoint as ckpt_io
 from ddpinn.train.diagnose import FiniteGuard, NonFiniteLossError
 from ddpinn.train.engine import LossEngine
-from ddpinn.train.evaluation import TestErrors, test_errors
+from ddpinn.train.evaluation import TestErrors, evaluate_test_set
 from ddpinn.train.finish import write_final_outputs
 from ddpinn.train.lbfgs import dot_by_name
 from ddpinn.train.objective import Objective
@@ -178,8 +178,9 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation and logging
     @functools.cached_property
     def test_set(self) -> TestSet:
-        """This process's part of the test grid, built at the first evaluation: a large grid costs
-        a second of set-up that the first training step should not wait for."""
+        """This process's part of the test grid in chunks, whose batches are built at the first
+        evaluation: a large grid costs seconds of set-up that the first training step should not
+        wait for."""
         return self.batches.test_set()
 
     @torch.no_grad()
@@ -188,10 +189,8 @@ class Trainer:
         return self.model(batch)[:, 0, :]
 
     def evaluate(self, test: TestSet) -> TestErrors | None:
-        prediction = self.predict(test.batch)
-        if test.exact is None:
-            return None
-        return test_errors(prediction, test.exact, self.comm)
+        """The global test errors, chunk by chunk (a collective); None without an exact solution."""
+        return evaluate_test_set(test, self.predict, self.comm)
 
     def _log(self, metrics: MetricsLog, step: int, terms: torch.Tensor, errors: TestErrors | None) -> None:
         values = terms.tolist()
@@ -307,7 +306,6 @@ class Trainer:
             print(f"ddpinn: warning: {note}", file=sys.stderr, flush=True)
 
     def _finish(self, test: TestSet, errors: TestErrors | None, step: int, loss: float, seconds: float) -> None:
-        prediction = self.predict(test.batch).double().cpu().numpy()
         counts = self.points.counts()
         summary = {
             "step": step,
@@ -336,4 +334,4 @@ class Trainer:
         if errors:
             msg += f", rel L2 {errors.rel_l2:.3e}, L1 {errors.l1:.3e}, normalised L1 {errors.normalised_l1:.3e}"
         self.progress.message(msg)
-        write_final_outputs(self.run_dir, self.exp, self.comm, test, prediction, errors, summary, self.progress.message)
+        write_final_outputs(self.run_dir, self.exp, self.comm, test, self.predict, errors, summary, self.progress.message)

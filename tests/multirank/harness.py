@@ -44,14 +44,15 @@ def mpiexec() -> str | None:
 
 
 def launch(
-    n: int, mode: str, config: dict, out: Path, launcher: str = "torchrun", timeout: float | None = None, extra_env=None
+    n: int, mode: str, config: dict, out: Path, launcher: str = "torchrun", timeout: float | None = None, extra_env=None,
+    worker: Path = WORKER,
 ) -> subprocess.CompletedProcess:
-    """Run the worker on ``n`` ranks (``torchrun``, ``mpiexec`` or, for n = 1, plain python),
-    within ``timeout`` seconds (default 240 s, scaled by the machine's load)."""
+    """Run ``worker`` (``worker.py`` by default) on ``n`` ranks (``torchrun``, ``mpiexec`` or,
+    for n = 1, plain python), within ``timeout`` seconds (default 240 s, scaled by the machine's load)."""
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     config_path.write_text(json.dumps(config))
-    args = [str(WORKER), mode, str(config_path), str(out)]
+    args = [str(worker), mode, str(config_path), str(out)]
     if n == 1:
         cmd = [sys.executable, *args]
     elif launcher == "torchrun":

@@ -164,6 +164,7 @@ def _plot_solution(plt, path: Path, target: Path) -> Path:
 
 def _plot_decomposition(plt, run_dir: Path, target: Path) -> Path:
     import torch
+    from matplotlib.collections import PolyCollection
 
     from ddpinn.build import build_experiment
     from ddpinn.config import load_config
@@ -201,9 +202,10 @@ def _plot_decomposition(plt, run_dir: Path, target: Path) -> Path:
                 idx = cov.point_index[j][real].numpy()
                 best[idx] = np.maximum(best[idx], cov.window[j, 0][real].numpy())
             ax.imshow(best.reshape(n, n).T, origin="lower", extent=[g0[0], g0[-1], g1[0], g1[-1]], cmap="magma", vmin=0, vmax=1)
-            lo, hi = level.subdomain_boxes()
-            for a, b in zip(lo, hi):
-                ax.add_patch(plt.Rectangle((a[0], a[1]), b[0] - a[0], b[1] - a[1], fill=False, lw=0.5, alpha=0.7, color="C0"))
+            # One collection for all outlines: a patch per subdomain costs seconds per thousand.
+            lo, hi = (np.asarray(v)[:, :2] for v in level.subdomain_boxes())
+            corners = np.stack([lo, np.stack([hi[:, 0], lo[:, 1]], 1), hi, np.stack([lo[:, 0], hi[:, 1]], 1)], axis=1)
+            ax.add_collection(PolyCollection(corners, facecolors="none", edgecolors="C0", linewidths=0.5, alpha=0.7))
             centres = level.subdomain_centres()
             ax.plot(centres[:, 0], centres[:, 1], ".", ms=2, color="C3")
             ax.set_xlim(dec.domain.lo[0], dec.domain.hi[0])

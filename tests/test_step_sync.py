@@ -1,10 +1,12 @@
-"""An Adam training step reads nothing back to the host.
+"""An Adam training step reads nothing back to the host, and sends nothing made there.
 
 On a GPU, every ``.item()``, ``float(t)``, ``bool(t)``, ``.tolist()``, ``.cpu()`` or ``.numpy()``
 of a device tensor makes the host wait for the device. On the CPU they cost nothing, so they are
 counted instead: each of those Tensor methods is wrapped, and ``aten._local_scalar_dense`` (where
 ``item``, ``float``, ``bool`` and ``int`` of a tensor end up) is watched by a dispatch mode,
-while the trainer takes Adam steps that are not logging, evaluation or checkpoint steps.
+while the trainer takes Adam steps that are not logging, evaluation or checkpoint steps. The same
+mode counts ``aten.lift_fresh``: a tensor made from Python data (``torch.tensor(x)``,
+``torch.as_tensor(x)``), which on a GPU is a host-to-device copy every step.
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ class _ScalarReads(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.from_host = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
             self.count += 1
+        if func is torch.ops.aten.lift_fresh.default:
+            self.from_host += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -74,3 +79,4 @@ def test_an_adam_step_reads_nothing_back(tmp_path, monkeypatch, case):
             trainer.train_step(step, batch)
     monkeypatch.undo()
     assert reads == [] and scalars.count == 0, f"host reads in an Adam step: {reads}, {scalars.count} scalar reads"
+    assert scalars.from_host == 0, f"{scalars.from_host} tensors made from host data in 3 Adam steps"

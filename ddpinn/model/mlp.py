@@ -95,11 +95,14 @@ class StackedMLP(nn.Module):
         w1, b1 = weights[1], biases[1]
         n_sub, n_next = w1.shape[0], w1.shape[1]
         blocks = [torch.baddbmm(b1, w1, sigma[0]).unsqueeze(1)]
+        # Columns picked by Python int, not by a list: a list index is a tensor made from host data
+        # at every call (on a GPU, a copy and a wait per step).
+        dz_dx = grad0.unbind(1)  # dim x [S, H1]
         for order in range(1, spec.max_order + 1):
             indices = spec.indices[spec.order_slice(order)]
-            factors = grad0[:, [idx[0] for idx in indices]]  # [S, n_rows, H1]: Π_{a∈idx} dz/dx_a
+            factors = torch.stack([dz_dx[idx[0]] for idx in indices], dim=1)  # [S, n_rows, H1]: Π_{a∈idx} dz/dx_a
             for k in range(1, order):
-                factors = factors * grad0[:, [idx[k] for idx in indices]]
+                factors = factors * torch.stack([dz_dx[idx[k]] for idx in indices], dim=1)
             # Fold the per-unit factor into the next layer's weights: one bmm per derivative order.
             folded = (w1.unsqueeze(1) * factors.unsqueeze(2)).reshape(n_sub, len(indices) * n_next, -1)
             blocks.append(torch.bmm(folded, sigma[order]).view(n_sub, len(indices), n_next, -1))

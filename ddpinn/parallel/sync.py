@@ -54,8 +54,10 @@ class GradientSync:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.replicated]
         partitioned_sq = None
         if with_norm:
+            # Sums start from a device zero: a rank without partitioned gradients makes no host tensor.
+            zero = scalars.new_zeros(())
             partitioned_sq = sum((p.grad.detach() ** 2).sum() for p in self.partitioned if p.grad is not None)
-            partitioned_sq = torch.as_tensor(partitioned_sq, dtype=scalars.dtype, device=scalars.device).reshape(1)
+            partitioned_sq = (partitioned_sq + zero).to(scalars.dtype).reshape(1)
         pieces = [g.reshape(-1).to(scalars.dtype) for g in grads] + [scalars]
         if partitioned_sq is not None:
             pieces.append(partitioned_sq)
@@ -69,7 +71,7 @@ class GradientSync:
         part_sq = flat[offset + scalars.numel() :] if partitioned_sq is not None else None
         norm = None
         if with_norm:
-            replicated_sq = sum((p.grad.detach() ** 2).sum() for p in self.replicated if p.grad is not None)
+            replicated_sq = sum(((p.grad.detach() ** 2).sum() for p in self.replicated if p.grad is not None), zero)
             norm = (part_sq.sum() + replicated_sq).sqrt()
         return SyncResult(terms=total_scalars, grad_norm=norm)
 

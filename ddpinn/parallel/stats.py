@@ -79,6 +79,12 @@ class InstrumentedComm(Communicator):
         self.stats.add("allgather_object", time.perf_counter() - t0, 0)
         return out
 
+    def gather_object(self, obj: Any, root: int = 0) -> list[Any] | None:
+        t0 = time.perf_counter()
+        out = self.inner.gather_object(obj, root)
+        self.stats.add("gather_object", time.perf_counter() - t0, 0)
+        return out
+
     def barrier(self) -> None:
         self.inner.barrier()
 

@@ -4,19 +4,11 @@
     python benchmarks/gpu_check.py --budget-s 480         # stop starting stages after 8 minutes
     python benchmarks/gpu_check.py --device cpu           # the same stages, small, on the CPU (CI: < 2 min)
 
-Stages, each in a fresh process with its own time limit (a crash, a hang or an out-of-memory
-in one is recorded in the JSON and the next one runs):
+Stages, in this order, each in a fresh process with its own time limit (a crash, a hang or an
+out-of-memory in one is recorded in the JSON and the next one runs):
 
 ``env``
     torch and CUDA versions, the GPU, NCCL's version, the CPU.
-``speed_L<l>``
-    P4 with ``l`` levels (``configs/poisson2d_L<l>.yaml``; L = 8 is L7 with 640² points and
-    ω up to 128), one process, float32, eager: ms per Adam step (median of 5 chunks after a
-    warm-up), µs per (point, subdomain) pair, peak memory (``torch.cuda.max_memory_allocated``;
-    on the CPU the peak resident size) and the set-up time.
-``compile_L<l>``
-    the same step compiled (``train.compile: on``) with an empty compile cache (a fresh
-    ``TORCHINDUCTOR_CACHE_DIR``): compile seconds and compiled ms per step.
 ``device_vs_cpu``
     P4 L = 3 in float64, a few Adam steps on the device and on the CPU from the same
     initialisation: the loss of every step, the step-0 gradients and the final parameters must
@@ -27,6 +19,14 @@ in one is recorded in the JSON and the next one runs):
     ``torchrun --nproc_per_node=2`` sharing the one device through the gloo backend
     (``parallel.comm: gloo``: NCCL refuses two ranks on one GPU), against 1 rank: losses and
     final parameters within 1e-9.
+``speed_L<l>``
+    P4 with ``l`` levels (``configs/poisson2d_L<l>.yaml``; L = 8 is L7 with 640² points and
+    ω up to 128), one process, float32, eager: ms per Adam step (median of 5 chunks after a
+    warm-up), µs per (point, subdomain) pair, peak memory (``torch.cuda.max_memory_allocated``;
+    on the CPU the peak resident size) and the set-up time.
+``compile_L<l>``
+    the same step compiled (``train.compile: on``) with an empty compile cache (a fresh
+    ``TORCHINDUCTOR_CACHE_DIR``): compile seconds and compiled ms per step.
 
 Every stage prints one line; ``--out`` (default ``results/gpu_check.json``) is rewritten after
 each stage, so an interrupted check keeps what finished. ``--budget-s`` caps the whole check:
@@ -112,7 +112,8 @@ def worker_speed(levels: int, device_name: str, compiled: bool, steps: int) -> d
     set_threads(cfg.run.threads, 1)  # as a run does: one core left (an oversubscribed team collapses)
     exp = build_experiment(cfg, ROOT / "configs")
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(exp, comm=LocalComm(), layout=make_layout(exp, 1), device=device, run_dir=Path(tmp), quiet=True)
+        trainer = Trainer(exp, comm=LocalComm(), layout=make_layout(exp, 1), device=device, run_dir=Path(tmp),
+                          quiet=True)
         trainer.points.start(0, None)
         batch = trainer.points.batch
         _sync(device)
@@ -256,8 +257,8 @@ def environment() -> dict:
         pass
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        env.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 1e9, 1), gpu_count=torch.cuda.device_count(),
-                   capability=f"{props.major}.{props.minor}")
+        env.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 1e9, 1),
+                   gpu_count=torch.cuda.device_count(), capability=f"{props.major}.{props.minor}")
         try:
             env["nccl"] = ".".join(str(v) for v in torch.cuda.nccl.version())
         except Exception as err:  # noqa: BLE001
@@ -279,7 +280,8 @@ def run_stage(kind: str, args: dict, timeout_s: float, cache_dir: str | None = N
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     if cache_dir:
         env.update(TORCHINDUCTOR_CACHE_DIR=cache_dir, TRITON_CACHE_DIR=os.path.join(cache_dir, "triton"))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, json.dumps({**args, "timeout_s": timeout_s})]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind,
+           json.dumps({**args, "timeout_s": timeout_s})]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
@@ -294,7 +296,8 @@ def run_stage(kind: str, args: dict, timeout_s: float, cache_dir: str | None = N
 
 def summary_line(name: str, record: dict) -> str:
     if record["status"] not in ("ok", "mismatch"):
-        return f"{name:16} {record['status']}: {record.get('error', '').splitlines()[-1] if record.get('error') else ''}"
+        last = record["error"].splitlines()[-1] if record.get("error") else ""
+        return f"{name:16} {record['status']}: {last}"
     r = record["result"]
     if "ms_per_step" in r:
         extra = f", compile {r['compile_s']:.1f} s" if name.startswith("compile") else ""
@@ -315,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=540.0, help="total time cap, seconds")
     p.add_argument("--stage-s", type=float, default=240.0, help="time cap of one stage, seconds")
     p.add_argument("--min-stage-s", type=float, default=20.0, help="start a stage only with this much budget left")
-    p.add_argument("--skip", nargs="*", default=[], help="stage names or kinds to leave out (e.g. speed_L8 gloo_2ranks)")
+    p.add_argument("--skip", nargs="*", default=[],
+                   help="stage names or kinds to leave out (e.g. speed_L8 gloo_2ranks)")
     p.add_argument("--out", default=str(ROOT / "results" / "gpu_check.json"))
     p.add_argument("--worker", nargs=2, metavar=("KIND", "ARGS"), help=argparse.SUPPRESS)
     p.add_argument("--train-small", metavar="SPEC", help=argparse.SUPPRESS)
@@ -341,16 +345,18 @@ def main(argv: list[str] | None = None) -> int:
     if not on_cpu and not env["cuda_available"]:
         print("gpu_check: no CUDA device; use --device cpu for the CPU check", file=sys.stderr)
 
-    stages = [(f"speed_L{l}", "speed", {"levels": l, "steps": steps}) for l in levels]
+    # The correctness checks first: they are short, and matter most on a machine lent for minutes.
+    stages = [("device_vs_cpu", "device_vs_cpu", {"steps": args.check_steps}),
+              ("gloo_2ranks", "gloo_2ranks", {"steps": args.check_steps})]
+    stages += [(f"speed_L{l}", "speed", {"levels": l, "steps": steps}) for l in levels]
     stages += [(f"compile_L{l}", "compile", {"levels": l, "steps": steps}) for l in compile_levels]
-    stages += [("device_vs_cpu", "device_vs_cpu", {"steps": args.check_steps}),
-               ("gloo_2ranks", "gloo_2ranks", {"steps": args.check_steps})]
     for name, kind, stage_args in stages:
         left = args.budget_s - (time.perf_counter() - t_start)
         if name in args.skip or kind in args.skip:
             record = {"status": "skipped", "error": "--skip"}
         elif left < args.min_stage_s:
-            record = {"status": "skipped", "error": f"time budget spent ({left:.0f} s left of --budget-s {args.budget_s:g})"}
+            spent = f"time budget spent ({left:.0f} s left of --budget-s {args.budget_s:g})"
+            record = {"status": "skipped", "error": spent}
         else:
             t0 = time.perf_counter()
             cache = tempfile.mkdtemp(prefix="ddpinn_inductor_") if kind == "compile" else None

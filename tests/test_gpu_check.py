@@ -33,7 +33,7 @@ def test_the_cpu_check_runs_every_stage_and_the_float64_runs_agree(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("env ") and "torch " in lines[0] and "NCCL" in lines[0]
-    assert [line.split()[0] for line in lines[1:4]] == ["speed_L2", "device_vs_cpu", "gloo_2ranks"]
+    assert [line.split()[0] for line in lines[1:4]] == ["device_vs_cpu", "gloo_2ranks", "speed_L2"]
     report = json.loads(out.read_text())
     assert report["env"]["torch"] and report["env"]["cuda_available"] in (True, False)
     stages = report["stages"]

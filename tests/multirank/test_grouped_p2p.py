@@ -80,8 +80,8 @@ def test_each_exchange_is_one_batch_and_no_op_is_ungrouped(tmp_path):
     script.write_text(WORKER)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
     env.update(OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(script), str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           f"--master_port={free_port()}", str(script), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(120), env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for rank in (0, 1):

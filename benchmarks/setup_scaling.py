@@ -99,13 +99,29 @@ def rank_setup(levels: int, points: int, out: Path) -> None:
     import resource
 
     import torch
-    import torch._dynamo  # noqa: F401  (the first optimiser imports it: 1.5 s and ~100 MB, the same on any rank)
+    import torch._dynamo  # the first optimiser imports it (1.5 s, ~100 MB on any rank): counted with the imports
 
     from ddpinn.build import build_experiment
     from ddpinn.config import load_config
+    from ddpinn.parallel.exchange import plan
     from ddpinn.session import make_layout, open_session
     from ddpinn.train.trainer import Trainer
 
+    # CPU time inside the batch's local work; the rest of its phase is the halo coordinate exchange
+    # and the sum of the counts, where MPICH busy-polls while it waits for the other ranks.
+    local: dict[str, float] = {"halo_requests": 0.0, "build_batch": 0.0}
+
+    def timed(name: str, fn):
+        def run(*args, **kwargs):
+            t0 = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                local[name] += time.process_time() - t0
+        return run
+
+    plan.halo_requests = timed("halo_requests", plan.halo_requests)
+    plan.build_batch = timed("build_batch", plan.build_batch)
     rss_after_imports, cpu0 = _rss_mb(), time.process_time()
     phases: dict[str, float] = {}
 
@@ -129,8 +145,10 @@ def rank_setup(levels: int, points: int, out: Path) -> None:
             mark("points and batch")
             batch = trainer.points.batch
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            waiting = phases["points and batch"] - sum(local.values())  # upper bound: includes sampling the own points
             record = {
                 "rank": comm.rank, "cpu_s": time.process_time() - cpu0 - phases["session"], "phases_s": phases,
+                "batch_local_s": local, "compute_s": time.process_time() - cpu0 - phases["session"] - waiting,
                 "peak_mb": peak - rss_after_imports, "rss_after_imports_mb": rss_after_imports,
                 "pairs": int(batch.n_pairs), "own_points": int(batch.n_own), "halo_points": int(batch.n_eval - batch.n_own),
                 "parameters": int(sum(p.numel() for p in trainer.model.parameters())),
@@ -139,6 +157,50 @@ def rank_setup(levels: int, points: int, out: Path) -> None:
             records = comm.allgather_object(record)
             if comm.rank == 0:
                 out.write_text(json.dumps({"layout": layout.describe(), "ranks": records}))
+
+
+def rank_alone(levels: int, points: int, ranks: int, rank: int) -> None:
+    """Build ``rank``'s training batch (of ``ranks``) in this one process, nothing else running
+    here: its CPU seconds without the oversubscription of R ranks on a few cores (printed as JSON)."""
+    import numpy as np
+    import torch
+
+    from ddpinn.build import build_experiment
+    from ddpinn.config import load_config
+    from ddpinn.model.batch import build_batch
+    from ddpinn.parallel.exchange.plan import halo_requests
+    from ddpinn.session import make_layout
+
+    torch.set_num_threads(1)
+    exp = build_experiment(load_config(ROOT / CONFIG, overrides(levels, points)))
+    layout = make_layout(exp, ranks)
+
+    def own(r: int) -> np.ndarray:
+        return np.concatenate(list(exp.training_points(0, layout.block(r)).values()))
+
+    # The halo points the neighbours would send (what build_distributed_batch receives).
+    halo = [own(q)[rows] for q in layout.neighbours(rank) if (rows := halo_requests(layout, q, own(q)).get(rank)) is not None]
+    groups = exp.training_points(0, layout.block(rank))
+    seconds = []
+    for _ in range(2):
+        t0 = time.process_time()
+        build_batch(exp.problem, exp.decomposition, exp.window, exp.spec, groups, held=layout.held(rank),
+                    halo=np.concatenate(halo) if halo else None,
+                    halo_levels=[layout.is_partitioned(l) for l in range(exp.decomposition.n_levels)], dtype=exp.dtype)
+        seconds.append(time.process_time() - t0)
+    print(json.dumps({"build_batch_s": min(seconds)}))
+
+
+def measure_alone(case: dict) -> None:
+    """For a rank count above the cores: the slowest rank's batch built again alone, and its
+    set-up CPU with that figure in place of the oversubscribed one (``alone_cpu_s``)."""
+    worst = max(case["per_rank"], key=lambda r: r["cpu_s"])
+    done = subprocess.run([sys.executable, __file__, "--rank-alone", str(case["levels"]), str(case["points_per_axis"]),
+                           str(case["ranks"]), str(worst["rank"])], cwd=ROOT, capture_output=True, text=True, check=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    alone = json.loads(done.stdout.strip().splitlines()[-1])["build_batch_s"]
+    worst["alone_build_batch_s"] = alone
+    worst["alone_cpu_s"] = worst["cpu_s"] - worst["batch_local_s"]["build_batch"] + alone
 
 
 def run_setup(levels: int, points: int, ranks: int) -> dict:
@@ -153,8 +215,12 @@ def run_setup(levels: int, points: int, ranks: int) -> dict:
         subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         wall = time.perf_counter() - t0
         result = json.loads(out.read_text())
-    return {"levels": levels, "points": points * points, "ranks": ranks, "wall_s": wall, "load_before": before,
-            "layout": result["layout"], "per_rank": sorted(result["ranks"], key=lambda r: r["rank"])}
+    case = {"levels": levels, "points": points * points, "ranks": ranks, "wall_s": wall, "load_before": before,
+            "layout": result["layout"], "per_rank": sorted(result["ranks"], key=lambda r: r["rank"]),
+            "points_per_axis": points}
+    if ranks > (os.cpu_count() or 1):
+        measure_alone(case)
+    return case
 
 
 def setup_row(case: dict, one: dict, constant: dict) -> dict:
@@ -178,6 +244,8 @@ def setup_row(case: dict, one: dict, constant: dict) -> dict:
         "predicted_s": worst_s["predicted_s"], "predicted_mb": worst_mb["predicted_mb"],
         "max_ratio_s": max(r["ratio_s"] for r in case["per_rank"]),
         "max_ratio_mb": max(r["ratio_mb"] for r in case["per_rank"]),
+        "alone_s": worst_s.get("alone_cpu_s"),
+        "alone_ratio_s": worst_s["alone_cpu_s"] / worst_s["predicted_s"] if "alone_cpu_s" in worst_s else None,
         "constant_s": c_s, "constant_mb": c_mb, "one_process_s": f_s, "one_process_mb": f_mb,
         "total_pairs": total, "wall_s": case["wall_s"], "load_before": case["load_before"], "layout": case["layout"],
         "per_rank": case["per_rank"],
@@ -188,7 +256,7 @@ def setup_row(case: dict, one: dict, constant: dict) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="set-up at L = 5, 6 on 1 and 4 ranks (about 5 min here)")
-    p.add_argument("--check-levels", type=int, nargs="+", default=[5, 6, 7, 8, 9])
+    p.add_argument("--check-levels", type=int, nargs="*", default=[5, 6, 7, 8, 9], help="none: no check rows")
     p.add_argument("--check-ranks", type=int, nargs="+", default=None, help="default 1 4 16 64 (256 in full mode)")
     p.add_argument("--setup-levels", type=int, nargs="+", default=None, help="default 5 6 (quick), 6 7 8 (full)")
     p.add_argument("--setup-ranks", type=int, nargs="+", default=None, help="default 4 (quick), 4 16 (full)")
@@ -249,17 +317,21 @@ def print_tables(rows: list[dict]) -> None:
     if setups:
         print("\nPer-rank set-up up to the first step (largest rank): CPU s and peak MB over the imports, "
               "measured vs share × one process + C_R\n")
-        print("| L | points | ranks | CPU s | predicted | worst ratio | peak MB | predicted | worst ratio | C_R |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| L | points | ranks | CPU s | predicted | worst ratio | batch alone: CPU s, ratio | peak MB | predicted | "
+              "worst ratio | C_R |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in setups:
+            alone = f"{r['alone_s']:.2f}, {r['alone_ratio_s']:.2f}" if r["alone_s"] is not None else ""
             print(f"| {r['levels']} | {r['points']:,} | {r['ranks']} | {r['setup_s']:.2f} | {r['predicted_s']:.2f} | "
-                  f"{r['max_ratio_s']:.2f} | {r['peak_mb']:.0f} | {r['predicted_mb']:.0f} | {r['max_ratio_mb']:.2f} | "
-                  f"{r['constant_s']:.2f} s, {r['constant_mb']:.0f} MB |")
+                  f"{r['max_ratio_s']:.2f} | {alone} | {r['peak_mb']:.0f} | {r['predicted_mb']:.0f} | "
+                  f"{r['max_ratio_mb']:.2f} | {r['constant_s']:.2f} s, {r['constant_mb']:.0f} MB |")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child-check":
         child_check(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--rank-alone":
+        rank_alone(*(int(a) for a in sys.argv[2:6]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--rank-setup":
         rank_setup(int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
     else:

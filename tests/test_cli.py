@@ -9,13 +9,13 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from helpers import write_yaml
 
 from ddpinn.build import build_experiment
 from ddpinn.cli import main
 from ddpinn.config import load_config, to_dict
 from ddpinn.io.outputs import read_metrics
 from ddpinn.problems import problem_class, registered
-from helpers import write_yaml
 
 RUNS = {
     "cos1d": ({"name": "cos1d"}, {"levels": [{"subdomains": 6}]}, {"n": 100, "test_n": 120}, (120,)),

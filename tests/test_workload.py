@@ -67,10 +67,9 @@ def experiment(tmp_path, problem, levels, n, method="grid", policy="auto"):
     if problem == "plate":
         (tmp_path / "plate.py").write_text(FACES_AND_DATA)
         problem = f"{tmp_path / 'plate.py'}:Plate"
-    decomposition = {"levels": levels} if isinstance(levels, int) else {"levels": levels}
     data = {
         "problem": {"name": problem},
-        "decomposition": decomposition,
+        "decomposition": {"levels": levels},
         "sampling": {"method": method, "n": list(n) if method == "grid" else int(np.prod(n))},
         "parallel": {"level_policy": policy},
     }
@@ -244,5 +243,8 @@ def test_face_points_belong_to_one_rank_each(tmp_path, method):
         parts = [exp.training_points(0, layout.block(r)) for r in range(ranks)]
         for name, x in whole.items():
             union = np.concatenate([p[name] for p in parts])
-            key = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
-            np.testing.assert_array_equal(key(union), key(x), err_msg=f"{name} on {ranks} ranks")
+            np.testing.assert_array_equal(_sorted(union), _sorted(x), err_msg=f"{name} on {ranks} ranks")
+
+
+def _sorted(x: np.ndarray) -> np.ndarray:
+    return x[np.lexsort(x.T[::-1])]

@@ -232,7 +232,6 @@ def _pieces(regions: Sequence[Intervals]) -> tuple[Intervals, np.ndarray, int]:
     ends.sort(axis=1)
     ends[:, 1:][ends[:, 1:] == ends[:, :-1]] = np.inf  # repeated ends: pad with +inf (an empty piece)
     ends.sort(axis=1)
-    n_ends = ends.shape[1]
     bounds = np.concatenate([np.full((k, 1), -np.inf), ends, np.full((k, 1), np.inf)], axis=1)
     gaps_lo, gaps_hi = bounds[:, :-1], bounds[:, 1:]  # [k, n_ends + 1] open pieces
     lo = np.concatenate([gaps_lo, ends], axis=1)
@@ -366,9 +365,11 @@ def workload(exp: Experiment, layout: ParallelLayout, epoch: int = 0) -> Workloa
                 (np.arange(grid[a])[:, None] == _owner_columns(layout, level, a)[None, :]).astype(np.float64)
                 for a in range(dim)
             ]
-            counts = counter.count(lambda atoms, a: owned[a] @ atoms.mass(subs[a]))
+            counts = counter.count(lambda atoms, a, owned=owned, subs=subs: owned[a] @ atoms.mass(subs[a]))
         else:
-            counts = counter.count(lambda atoms, a: atoms.mass(subs[a]).sum(0)[None, :] * atoms.owned(blocks[a]))
+            counts = counter.count(
+                lambda atoms, a, subs=subs: atoms.mass(subs[a]).sum(0)[None, :] * atoms.owned(blocks[a])
+            )
         pairs.append(counts.reshape(-1))
 
     partitioned = [l for l in range(dec.n_levels) if layout.is_partitioned(l)]

@@ -95,8 +95,6 @@ def _sync(device) -> None:
 
 def worker_speed(levels: int, device_name: str, compiled: bool, steps: int) -> dict:
     """ms per Adam step of P4 with ``levels`` levels on one process."""
-    import torch
-
     from ddpinn.build import build_experiment, resolve_device
     from ddpinn.config import load_config
     from ddpinn.parallel.comm import LocalComm
@@ -232,7 +230,7 @@ def worker_gloo_2ranks(device_name: str, steps: int, timeout_s: float) -> dict:
                       if not k.startswith(("weighting/", "points/")) and ArrayKey.parse(k).state is None}
             summary = json.loads((run_dir / "summary.json").read_text())
             out[ranks] = ([m["loss"] for m in metrics], params, summary, time.perf_counter() - t0)
-    (l1, p1, s1, t1), (l2, p2, s2, t2) = out[1], out[2]
+    (l1, p1, _, t1), (l2, p2, s2, t2) = out[1], out[2]
     keys = sorted(set(p1) & set(p2))
     param_diff = max((_rel(p1[k], p2[k]) for k in keys), default=float("nan"))
     diffs = {"loss": _rel(l1, l2), "parameters_max": param_diff}
@@ -253,7 +251,7 @@ def environment() -> dict:
         from ddpinn.perf import machine
 
         env["cpu"] = machine()
-    except Exception:  # noqa: BLE001 - the environment is reported whatever fails
+    except Exception:  # the environment is reported whatever fails
         pass
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -261,7 +259,7 @@ def environment() -> dict:
                    gpu_count=torch.cuda.device_count(), capability=f"{props.major}.{props.minor}")
         try:
             env["nccl"] = ".".join(str(v) for v in torch.cuda.nccl.version())
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             env["nccl"] = f"unavailable ({err})"
     return env
 

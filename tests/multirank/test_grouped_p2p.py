@@ -17,7 +17,6 @@ import textwrap
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from ddpinn.parallel.backends import p2p_ops, resolve_comm, torch_backend
 from ddpinn.parallel.comm import CommError

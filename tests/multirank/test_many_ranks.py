@@ -17,7 +17,7 @@ from ddpinn.build import build_experiment
 from ddpinn.config import load_config
 from ddpinn.session import make_layout
 
-from .harness import launch, mpiexec, rel_diff, scaled
+from .harness import launch, mpiexec, scaled
 from .test_equivalence import assert_equivalent, results
 
 pytestmark = pytest.mark.distributed

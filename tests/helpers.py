@@ -58,3 +58,21 @@ def reference_profile(window: Window, t: torch.Tensor) -> torch.Tensor:
     r = window.core
     s = (1 - r) / math.log(1 / window.edge_value)
     return torch.sigmoid((t + r) / s) * torch.sigmoid((r - t) / s) * inside
+
+
+def small_experiment(levels=3, method="grid", n=(40, 40), policy="auto", problem="poisson2d", **extra):
+    """An :class:`~ddpinn.build.Experiment` from a few config fields: ``n`` points per axis on a
+    grid, or their product for the random methods."""
+    import numpy as np
+
+    from ddpinn.build import build_experiment
+    from ddpinn.config import load_config
+
+    data = {
+        "problem": {"name": problem},
+        "decomposition": {"levels": levels},
+        "sampling": {"method": method, "n": list(n) if method == "grid" else int(np.prod(n))},
+        "parallel": {"level_policy": policy},
+        **extra,
+    }
+    return build_experiment(load_config(data=data))

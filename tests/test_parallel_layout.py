@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import small_experiment as experiment
 
-from ddpinn.build import build_experiment
-from ddpinn.config import load_config
 from ddpinn.parallel.layout import LayoutError, LevelPolicy, ParallelLayout, process_grid
 from ddpinn.parallel.policy import choose_policies, level_costs, plan_layout
-
-
-def experiment(levels=3, method="grid", n=(40, 40), policy="auto", problem="poisson2d", **extra):
-    data = {
-        "problem": {"name": problem},
-        "decomposition": {"levels": levels},
-        "sampling": {"method": method, "n": list(n) if method == "grid" else int(np.prod(n))},
-        "parallel": {"level_policy": policy},
-        **extra,
-    }
-    return build_experiment(load_config(data=data))
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from helpers import small_experiment
 
 from ddpinn.build import build_experiment
 from ddpinn.config import load_config
@@ -67,13 +68,7 @@ def experiment(tmp_path, problem, levels, n, method="grid", policy="auto"):
     if problem == "plate":
         (tmp_path / "plate.py").write_text(FACES_AND_DATA)
         problem = f"{tmp_path / 'plate.py'}:Plate"
-    data = {
-        "problem": {"name": problem},
-        "decomposition": {"levels": levels},
-        "sampling": {"method": method, "n": list(n) if method == "grid" else int(np.prod(n))},
-        "parallel": {"level_policy": policy},
-    }
-    return build_experiment(load_config(data=data))
+    return small_experiment(levels, method, n, policy, problem)
 
 
 def layout_for(exp, ranks):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddpinn.geometry.decomposition import Block, Box
+from ddpinn.sampling import grid_lines
 
 __all__ = ["GridBox", "RegularGrid", "split_box"]
 
@@ -52,10 +53,7 @@ class RegularGrid:
     def of(cls, domain: Box, shape: tuple[int, ...]) -> RegularGrid:
         """The grid of ``shape`` points over ``domain``: the points :func:`ddpinn.sampling.sample_box`
         draws for the ``grid`` method (a one-point axis sits at the centre)."""
-        return cls(tuple(
-            np.linspace(lo, hi, n) if n > 1 else np.array([(lo + hi) / 2])
-            for lo, hi, n in zip(domain.lo, domain.hi, shape)
-        ))
+        return cls(tuple(grid_lines(lo, hi, n) for lo, hi, n in zip(domain.lo, domain.hi, shape)))
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ddpinn.build import Experiment
 from ddpinn.parallel.layout import LevelPolicy, ParallelLayout, process_grid
-from ddpinn.sampling import SamplingMethod, grid_shape
+from ddpinn.sampling import SamplingMethod, grid_lines, grid_shape
 
 __all__ = ["plan_layout", "choose_policies", "LevelCost"]
 
@@ -84,7 +84,7 @@ def _cell_weights(exp: Experiment) -> list[np.ndarray] | None:
     shape = grid_shape(domain, s.n)
     weights = []
     for a, cells in enumerate(exp.cells):
-        line = np.linspace(domain.lo[a], domain.hi[a], shape[a]) if shape[a] > 1 else np.array([domain.centre[a]])
+        line = grid_lines(domain.lo[a], domain.hi[a], shape[a])
         edges = np.linspace(domain.lo[a], domain.hi[a], cells + 1)
         index = np.clip(np.searchsorted(edges, line, side="right") - 1, 0, cells - 1)
         weights.append(np.bincount(index, minlength=cells).astype(float))

@@ -23,6 +23,7 @@ from ddpinn.model.activations import make_activation
 from ddpinn.model.fbpinn import FBPINN
 from ddpinn.problems import Face, Point, Points, Problem, ProblemError, make_problem
 from ddpinn.sampling import PointGroup, SamplingMethod, sample_box
+from ddpinn.schedule import SubdomainSchedule, make_schedule
 
 __all__ = ["Experiment", "build_experiment", "resolve_device", "cell_grid"]
 
@@ -97,6 +98,8 @@ class Experiment:
     output_scale: tuple[float, ...]
     dtype: torch.dtype
     cells: tuple[int, ...]
+    schedule: SubdomainSchedule
+    """Which subdomains train at each step (``schedule:``); :class:`~ddpinn.schedule.AllActive` by default."""
 
     @property
     def total_steps(self) -> int:
@@ -270,6 +273,7 @@ def build_experiment(cfg: Config, base_dir: Path | None = None) -> Experiment:
         raise ConfigError(
             f"parallel.level_policy: {len(cfg.parallel.level_policy)} entries for {decomposition.n_levels} levels"
         )
+    schedule = make_schedule(cfg.schedule, decomposition, problem.inputs, cfg.train.steps, base_dir)
     return Experiment(
         cfg=cfg,
         problem=problem,
@@ -281,4 +285,5 @@ def build_experiment(cfg: Config, base_dir: Path | None = None) -> Experiment:
         output_scale=scale,
         dtype=torch.float64 if cfg.run.dtype == "float64" else torch.float32,
         cells=cell_grid(decomposition),
+        schedule=schedule,
     )

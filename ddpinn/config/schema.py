@@ -31,6 +31,7 @@ __all__ = [
     "SamplingConfig",
     "ScheduleConfig",
     "SelfAdaptiveConfig",
+    "SubdomainScheduleConfig",
     "TrainConfig",
 ]
 
@@ -337,6 +338,76 @@ class LossConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class SubdomainScheduleConfig:
+    """Which subdomains train when (FBPINN schedulers). At each Adam step every subdomain is
+    *active* (evaluated and trained), *fixed* (evaluated without gradient, parameters and Adam
+    state frozen) or *off* (not evaluated); collocation points covered by no active subdomain are
+    left out of the loss. L-BFGS after Adam trains every subdomain."""
+
+    kind: str = "all_active"
+    """``all_active`` (every subdomain trains at every step: the plain run), ``sweep``
+    (time-marching: a band moving along ``axis``; subdomains whose centre the band has passed are
+    fixed, those it has not reached are off), ``coarse_to_fine`` (level l switched on at
+    ``starts[l]``) or your own scheduler, ``path/to/file.py:ClassName`` (a subclass of
+    ``ddpinn.schedule.SubdomainSchedule`` implementing ``roles(step)`` and ``transitions()``)."""
+    axis: str = "t"
+    """Sweep: the input to sweep along (an input name of the problem, e.g. ``t``)."""
+    width: float | None = None
+    """Sweep: band width in units of ``axis`` (> 0); a subdomain is active while its centre lies
+    in the band. Required for ``sweep``."""
+    stride: float | None = None
+    """Sweep: how far the band moves each time, in units of ``axis`` (> 0, at most ``width`` so that
+    every centre is passed by the band; default: ``width``). The band stops once its upper end
+    reaches the end of the axis."""
+    every: int | None = None
+    """Sweep: Adam steps between two moves of the band (default: ``train.steps`` spread evenly over
+    the band positions)."""
+    levels: list[int] | None = None
+    """Sweep: the levels swept, numbered from 1 (default: all); the others stay active throughout."""
+    starts: list[int] | None = None
+    """Coarse-to-fine: per level, the Adam step at which it switches on (level 1 at 0, each below
+    ``train.steps``). Required for ``coarse_to_fine``."""
+    fix_coarser: bool = False
+    """Coarse-to-fine: fix the coarser levels once a finer level switches on (only the finest
+    started level trains); default: coarser levels keep training."""
+    lr_factors: list[float] | None = None
+    """Per level, a factor (> 0) on the learning rate (times ``optimizer.schedule``), for any kind
+    but ``all_active`` (default: 1 for every level)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Your own scheduler: passed to it as ``context.params``."""
+
+    def __post_init__(self) -> None:
+        builtin = ("all_active", "sweep", "coarse_to_fine")
+        if self.kind not in builtin and ":" not in self.kind:
+            raise ConfigError(f"schedule.kind: {self.kind!r} is not one of {list(builtin)} nor a "
+                              "'path/to/file.py:ClassName' scheduler")
+        for name in ("width", "stride", "every"):
+            if getattr(self, name) is not None:
+                _positive(f"schedule.{name}", getattr(self, name))
+        for name, value in (("levels", self.levels), ("starts", self.starts), ("lr_factors", self.lr_factors)):
+            if value is not None and not value:
+                raise ConfigError(f"schedule.{name}: the list is empty; remove it for the default")
+        for level in self.levels or []:
+            if level < 1:
+                raise ConfigError(f"schedule.levels: levels are numbered from 1, got {level}")
+        for start in self.starts or []:
+            _positive("schedule.starts", start, allow_zero=True)
+        for factor in self.lr_factors or []:
+            _positive("schedule.lr_factors", factor)
+        owners = {"width": "sweep", "stride": "sweep", "every": "sweep", "levels": "sweep",
+                  "starts": "coarse_to_fine", "fix_coarser": "coarse_to_fine"}
+        for name, owner in owners.items():
+            if getattr(self, name) not in (None, False) and self.kind != owner:
+                raise ConfigError(f"schedule.{name}: only used by kind {owner}, but schedule.kind is {self.kind!r}; "
+                                  "remove it or set the kind")
+        if self.lr_factors is not None and self.kind == "all_active":
+            raise ConfigError("schedule.lr_factors: all_active takes the plain optimiser, which has no per-level "
+                              "rates; remove lr_factors or choose another schedule.kind")
+        if self.params and ":" not in self.kind:
+            raise ConfigError(f"schedule.params: only for your own scheduler (kind 'file.py:ClassName'), not {self.kind!r}")
+
+
+@dataclass(kw_only=True, slots=True)
 class TrainConfig:
     steps: int = 1000
     """Adam steps."""
@@ -453,6 +524,8 @@ class Config:
     """How the loss terms and their points are weighted."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Steps, logging, evaluation, checkpoints."""
+    schedule: SubdomainScheduleConfig = field(default_factory=SubdomainScheduleConfig)
+    """Which subdomains train when (all at once, a time-marching sweep, coarse to fine, your own)."""
     run: RunConfig = field(default_factory=RunConfig)
     """Output, seed, device, dtype."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)

@@ -104,3 +104,62 @@ def test_point_balanced_cuts_are_within_one_cell_slab(world):
     counts = np.bincount(layout.rank_of_points(exp.training_points(0)["pde"]), minlength=world)
     slab = 6 * 41 * max(layout.grid)  # one cell's worth of grid lines across a block
     assert counts.max() - counts.min() <= slab
+
+
+# ---------------------------------------------------------------------------- subdomain schedules
+SWEEP = {"kind": "sweep", "axis": "t", "width": 0.25}
+
+
+def _burgers(schedule=None, partition_axes="auto", subdomains=(4, 4)):
+    extra = {"schedule": schedule} if schedule else {}
+    return experiment(levels=[{"subdomains": list(subdomains)}], n=(32, 32), problem="burgers",
+                      parallel={"partition_axes": partition_axes}, train={"steps": 400}, **extra)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_time_sweep_leaves_time_uncut(world):
+    """Blocks later in time would wait idle for the band: the grid cuts x only. Without the
+    schedule the same run cuts t at 4 ranks (so the test would see a time cut)."""
+    from ddpinn.parallel.policy import partition_axes
+
+    exp = _burgers(SWEEP)
+    assert partition_axes(exp, world) == [0]
+    assert plan_layout(exp, world).grid == (world, 1)
+    assert plan_layout(_burgers(), 4).grid == (2, 2)
+
+
+def test_coarse_to_fine_sweeps_no_axis_and_the_grid_is_the_plain_one():
+    from ddpinn.parallel.policy import swept_axes
+
+    exp = experiment(levels=3, schedule={"kind": "coarse_to_fine", "starts": [0, 100, 200]}, train={"steps": 400})
+    assert swept_axes(exp.schedule, exp.decomposition) == []
+    assert plan_layout(exp, 4).grid == (2, 2)
+
+
+def test_partition_axes_overrides_and_its_errors():
+    from ddpinn.config import ConfigError
+
+    assert plan_layout(_burgers(SWEEP, partition_axes=["t"]), 4).grid == (1, 4)  # as asked, though swept
+    with pytest.raises(ConfigError, match=r"parallel.partition_axes: 'y' is not an input of the problem"):
+        plan_layout(_burgers(partition_axes=["y"]), 2)
+    exp = _burgers(partition_axes=["t"])
+    with pytest.raises(ConfigError, match=r"parallel.partition_axes: 64 ranks cannot be laid out cutting only \['t'\]"):
+        plan_layout(exp, 64)
+    with pytest.raises(ConfigError, match="parallel.partition_axes: 'auto' or a non-empty list"):
+        _burgers(partition_axes=[])
+
+
+def test_a_sweep_falls_back_to_every_axis_when_the_others_have_too_few_cells():
+    exp = _burgers(SWEEP, subdomains=(1, 8))  # one subdomain across x: few cells there
+    cells_x = exp.cells[0]
+    layout = plan_layout(exp, 2 * cells_x)
+    assert layout.grid[1] > 1 and int(np.prod(layout.grid)) == 2 * cells_x
+
+
+def test_halo_cost_of_a_level_counts_only_its_active_steps():
+    plain = level_costs(experiment(levels=3, train={"steps": 400}), 2)
+    late = level_costs(experiment(levels=3, train={"steps": 400},
+                                  schedule={"kind": "coarse_to_fine", "starts": [0, 0, 300]}), 2)
+    assert late[2].extra_halo_floats == pytest.approx(plain[2].extra_halo_floats / 4)  # active 100 of 400 steps
+    assert late[1].extra_halo_floats == pytest.approx(plain[1].extra_halo_floats)
+    assert late[2].allreduce_floats == plain[2].allreduce_floats

@@ -488,6 +488,10 @@ class ParallelConfig:
     it; a rank that raises stops the others within about a second, whatever this is."""
     balance: str = "points"
     """How the process grid's cuts are placed: ``points`` (equal point counts) or ``uniform``."""
+    partition_axes: str | list[str] = "auto"
+    """Which inputs the process grid cuts, e.g. ``[x]``: ``auto`` cuts every input except those a
+    ``schedule`` sweeps along (a time sweep: not t, so that no rank waits idle for the band),
+    falling back to every input when the others have too few cells for the ranks."""
     rebalance_above: float | None = None
     """Adaptive sampling moves points between ranks: when, after a resampling, the largest rank's
     collocation points exceed this multiple of the mean (e.g. 1.3), re-cut the blocks at equal
@@ -502,6 +506,12 @@ class ParallelConfig:
         _choice("parallel.launcher", self.launcher, ("auto", "env", "slurm", "mpi", "none"))
         _positive("parallel.timeout_s", self.timeout_s)
         _choice("parallel.balance", self.balance, ("points", "uniform"))
+        if self.partition_axes != "auto" and not (
+            isinstance(self.partition_axes, list) and self.partition_axes
+            and all(isinstance(a, str) for a in self.partition_axes)
+        ):
+            raise ConfigError(f"parallel.partition_axes: 'auto' or a non-empty list of input names such as [x], "
+                              f"got {self.partition_axes!r}")
         if self.rebalance_above is not None and not (self.rebalance_above >= 1 and math.isfinite(self.rebalance_above)):
             raise ConfigError(f"parallel.rebalance_above: must be >= 1 (max / mean points per rank), got {self.rebalance_above}")
 

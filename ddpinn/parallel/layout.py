@@ -45,16 +45,22 @@ def _prime_factors(n: int) -> list[int]:
     return sorted(out, reverse=True)
 
 
-def process_grid(world_size: int, cells: Sequence[int]) -> tuple[int, ...]:
-    """Blocks per axis with product ``world_size``, keeping blocks as cubic (in cells) as possible."""
+def process_grid(world_size: int, cells: Sequence[int], axes: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Blocks per axis with product ``world_size``, keeping blocks as cubic (in cells) as possible.
+
+    ``axes``: the axes that may be cut (all by default); the others get one block. A subdomain
+    schedule that sweeps along an axis leaves that axis out, so that no rank waits idle for the
+    band to reach its blocks (:func:`ddpinn.parallel.policy.partition_axes`)."""
+    axes = range(len(cells)) if axes is None else sorted(set(axes))
     grid = [1] * len(cells)
     for p in _prime_factors(world_size):
         # Give the factor to the axis whose blocks are currently longest (in cells) and can still split.
-        candidates = [a for a in range(len(cells)) if grid[a] * p <= cells[a]]
+        candidates = [a for a in axes if grid[a] * p <= cells[a]]
         if not candidates:
             raise LayoutError(
-                f"world size {world_size} does not fit the cell grid {list(cells)} (each rank needs at least one "
-                f"cell per axis of its block); use fewer ranks or more levels"
+                f"world size {world_size} does not fit the cell grid {list(cells)} cut along axes {list(axes)} "
+                f"(each rank needs at least one cell per axis of its block); use fewer ranks, more levels or "
+                f"more axes to cut"
             )
         a = max(candidates, key=lambda ax: cells[ax] / grid[ax])
         grid[a] *= p
@@ -115,13 +121,15 @@ class ParallelLayout:
         world_size: int,
         policies: Sequence[LevelPolicy],
         cell_weights: Sequence[np.ndarray] | None = None,
+        grid: Sequence[int] | None = None,
     ) -> ParallelLayout:
         """Cut the domain into ``world_size`` blocks and assign subdomains of partitioned levels.
 
         ``cell_weights[a]``: points per cell slab along axis a (balances the cuts; uniform if None).
+        ``grid``: blocks per axis (default :func:`process_grid` over every axis).
         """
         cells = tuple(int(c) for c in cells)
-        grid = process_grid(world_size, cells)
+        grid = process_grid(world_size, cells) if grid is None else tuple(int(g) for g in grid)
         cut_cells = tuple(
             _balanced_cuts(np.ones(cells[a]) if cell_weights is None else np.asarray(cell_weights[a], float), grid[a])
             for a in range(len(cells))
@@ -138,7 +146,9 @@ class ParallelLayout:
     def recut(self, cell_weights: Sequence[np.ndarray]) -> ParallelLayout:
         """The same process grid and level policies, with the cuts placed at equal ``cell_weights``
         (points per cell slab along each axis): rebalancing after the points moved."""
-        return ParallelLayout.build(self.decomposition, self.cells, self.world_size, self.policies, cell_weights)
+        return ParallelLayout.build(
+            self.decomposition, self.cells, self.world_size, self.policies, cell_weights, grid=self.grid
+        )
 
     @classmethod
     def single(cls, decomposition: Decomposition, cells: Sequence[int]) -> ParallelLayout:

@@ -159,6 +159,9 @@ def _check(args) -> int:
     if args.ranks > 1:
         for line in _per_rank_lines(work):
             print(line)
+    if not exp.schedule.all_active:
+        for line in _schedule_lines(exp, layout):
+            print(line)
     print(f"device        {device}, {cfg.run.dtype}")
     if args.device_memory is not None:
         return _memory_report(exp, work, args.device_memory, device.split(":")[0].split(" ")[0])
@@ -180,6 +183,40 @@ def _per_rank_lines(work) -> list[str]:
         f"{_spread([r.parameters for r in work.ranks])}",
         f"              busiest rank {busiest.rank}: pairs {levels}",
     ]
+
+
+def _schedule_lines(exp, layout) -> list[str]:
+    """The schedule, its transitions, and per-rank work per step at its first, busiest and last
+    phases (:func:`ddpinn.parallel.phase_work.schedule_work`: counted from the roles)."""
+    from ddpinn.parallel.phase_work import schedule_work
+
+    schedule = exp.schedule
+    marks = schedule.transitions()
+    shown = ", ".join(map(str, marks[:12])) + (f", ... ({len(marks)} in all)" if len(marks) > 12 else "")
+    lines = [f"schedule      {schedule.describe()}",
+             f"              transitions at steps {shown or 'none'}; per rank and step, min-max over ranks:"]
+    labels: dict[int, list[str]] = {}
+    phases = {}
+    for label, phase in schedule_work(exp, layout).items():
+        labels.setdefault(id(phase), []).append(label)
+        phases[id(phase)] = phase
+    for key, phase in sorted(phases.items(), key=lambda kv: kv[1].start):
+        ranks = phase.ranks
+        n_levels = len(phase.active)
+        roles = ", ".join(f"L{l + 1} {phase.active[l]} active/{phase.fixed[l]} fixed" for l in range(n_levels))
+        active = ", ".join(f"L{l + 1} {_range([r.active_pairs_by_level[l] for r in ranks])}" for l in range(n_levels))
+        fixed = ", ".join(f"L{l + 1} {_range([r.fixed_pairs_by_level[l] for r in ranks])}" for l in range(n_levels))
+        lines += [
+            f"  steps {phase.start}-{phase.end - 1} ({', '.join(labels[key])}): {roles}",
+            f"      kept points {_range([r.kept_points for r in ranks])}; active pairs {active}; "
+            f"halo points {_range([r.halo_points for r in ranks])}",
+            f"      fixed pairs (evaluated once per phase) {fixed}",
+        ]
+    return lines
+
+
+def _range(values: list[int]) -> str:
+    return str(values[0]) if min(values) == max(values) else f"{min(values)}-{max(values)}"
 
 
 def _memory_report(exp, work, limit: int, device_kind: str) -> int:

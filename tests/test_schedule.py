@@ -169,3 +169,188 @@ def test_bad_user_schedulers_are_config_errors(tmp_path, kind, fragments):
         experiment(WAVE, {"kind": kind, "params": {"switch": 12}}, tmp_path)
     for fragment in fragments:
         assert fragment in str(err.value)
+
+
+# ----------------------------------------------------------------------------- training with roles
+import shutil  # noqa: E402 - the training half of the file
+
+import h5py  # noqa: E402
+import torch  # noqa: E402
+
+from ddpinn.cli import main  # noqa: E402
+from ddpinn.geometry import Block  # noqa: E402
+from ddpinn.model.batch import build_batch  # noqa: E402
+from ddpinn.parallel.batching import BatchFactory  # noqa: E402
+from ddpinn.parallel.comm import LocalComm  # noqa: E402
+from ddpinn.parallel.layout import ParallelLayout  # noqa: E402
+from ddpinn.train.masked_adam import MaskedAdam  # noqa: E402
+from ddpinn.train.scheduled import kept_points, phase_batch  # noqa: E402
+from ddpinn.train.trainer import Trainer  # noqa: E402
+from helpers import write_yaml  # noqa: E402
+
+SWEEP = {"kind": "sweep", "width": 0.5, "stride": 0.25, "every": 10, "levels": [2, 3]}
+
+
+def _phase_setup(step: int):
+    exp = experiment(WAVE, SWEEP)
+    layout = ParallelLayout.single(exp.decomposition, exp.cells)
+    model = exp.make_model()
+    factory = BatchFactory(exp, layout, LocalComm(), torch.device("cpu"))
+    roles = exp.schedule.roles_at(step)
+    groups = exp.training_points(0, Block.whole(exp.decomposition.domain))
+    return exp, model, factory, roles, groups
+
+
+def test_kept_points_are_those_inside_an_active_subdomain():
+    exp, _, _, roles, groups = _phase_setup(25)
+    x = groups["pde"]
+    expected = np.zeros(x.shape[0], dtype=bool)
+    for level, level_roles in zip(exp.decomposition.levels, roles):
+        lo, hi = level.subdomain_boxes()
+        for j in np.flatnonzero(level_roles == Role.ACTIVE):
+            inside = np.ones(x.shape[0], dtype=bool)
+            for a in range(x.shape[1]):
+                if level.shape[a] > 1:
+                    inside &= (x[:, a] > lo[j, a]) & (x[:, a] < hi[j, a])
+            expected |= inside
+    roles_no_level1 = [np.full_like(roles[0], Role.FIXED), *roles[1:]]
+    kept = kept_points(exp.decomposition, roles_no_level1, x)
+    expected_wo = np.zeros_like(expected)
+    for level, level_roles in list(zip(exp.decomposition.levels, roles_no_level1))[1:]:
+        lo, hi = level.subdomain_boxes()
+        for j in np.flatnonzero(level_roles == Role.ACTIVE):
+            expected_wo |= np.all((x > lo[j]) & (x < hi[j]), axis=1)
+    assert kept.tolist() == expected_wo.tolist() and 0 < kept.sum() < x.shape[0]  # some points dropped
+    assert kept_points(exp.decomposition, roles, x).all()  # level 1 is active and covers everything
+
+
+def test_fixed_sums_equal_evaluating_the_fixed_subdomains():
+    """The phase batch (active coverages + fixed subdomains' sums computed once) gives the same
+    u and jets as evaluating every non-off subdomain on the kept points."""
+    exp, model, factory, roles, groups = _phase_setup(25)
+    batch = phase_batch(factory, model, roles, groups, {})
+    assert batch.fixed_sums is not None and batch.fixed_sums.abs().max() > 0
+    active_ids = {int(i) for cov in batch.levels[2:] for i in cov.subdomain_ids}
+    assert active_ids and all(roles[2][i] == Role.ACTIVE for i in batch.levels[2].subdomain_ids.tolist())
+    present = [r != Role.OFF for r in roles]
+    kept = {g: x[kept_points(exp.decomposition, roles, x)] for g, x in groups.items()}
+    plain = build_batch(exp.problem, exp.decomposition, exp.window, exp.spec, kept, present=present, dtype=exp.dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), model(plain), rtol=1e-12, atol=1e-12)
+    # and fixed subdomains take no part in the backward pass
+    u = model(batch)
+    u.sum().backward()
+    level3 = model.nets[2]
+    grad_rows = next(iter(level3.parameters())).grad.reshape(roles[2].size, -1).abs().sum(1)
+    assert (grad_rows[torch.from_numpy(roles[2] != Role.ACTIVE)] == 0).all()
+    assert (grad_rows[torch.from_numpy(roles[2] == Role.ACTIVE)] > 0).all()
+
+
+def _adam_setup(factors=(1.0, 1.0, 1.0)):
+    exp = experiment(WAVE, SWEEP)
+    model = exp.make_model()
+    params = list(model.parameters())
+    opt = MaskedAdam(params, model, lr=0.01, betas=(0.9, 0.999), eps=1e-12, level_factors=factors)
+    return exp, model, params, opt
+
+
+def _random_grads(params, seed):
+    g = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+
+
+def test_masked_adam_moves_only_active_rows_and_counts_steps_per_row():
+    exp, model, params, opt = _adam_setup()
+    early, late = exp.schedule.roles_at(0), exp.schedule.roles_at(10)
+    opt.set_roles(early)
+    for k in range(3):
+        _random_grads(params, k)
+        opt.step()
+    before = {id(p): p.detach().clone() for p in params}
+    state_before = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in params}
+    opt.set_roles(late)
+    _random_grads(params, 7)
+    opt.step()
+    net = model.nets[2]
+    moved_active = False
+    for p in net.parameters():
+        changed = (p.detach() != before[id(p)]).reshape(p.shape[0], -1).any(1).numpy()
+        state = opt.state[p]
+        frozen = late[2] != Role.ACTIVE
+        assert not changed[frozen].any()  # fixed and off rows keep their values
+        for key in ("exp_avg", "exp_avg_sq"):  # ... and their moments
+            same = (state[key] == state_before[id(p)][key]).reshape(p.shape[0], -1).all(1).numpy()
+            assert same[frozen].all() and not same[~frozen].any()
+        assert changed[~frozen].all()
+        moved_active = True
+        # per-row counts: 3 early steps where active then, +1 where active now
+        expected = 3 * (early[2] == Role.ACTIVE) + (late[2] == Role.ACTIVE)
+        assert state["step"].tolist() == expected.astype(float).tolist()
+    assert moved_active
+    # a subdomain active for the first time gets a full first Adam step: |Δ| = lr (bias-corrected)
+    first_time = np.flatnonzero((early[2] != Role.ACTIVE) & (late[2] == Role.ACTIVE))
+    w = next(iter(net.parameters()))
+    delta = (w.detach() - before[id(w)])[first_time].abs()
+    torch.testing.assert_close(delta, torch.full_like(delta, 0.01), rtol=1e-6, atol=0)
+
+
+def test_masked_adam_level_lr_factors_and_finite_flag():
+    exp, model, params, opt = _adam_setup((1.0, 0.5, 2.0))
+    opt.set_roles([np.full(r.size, Role.ACTIVE, dtype=np.int8) for r in exp.schedule.roles_at(0)])
+    before = [p.detach().clone() for p in params]
+    _random_grads(params, 1)
+    opt.found_inf = torch.ones(())  # a non-finite step: nothing moves
+    opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(float(opt.state[p]["step"].max()) == 0 for p in params)
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    for level, factor in enumerate((1.0, 0.5, 2.0)):
+        w = next(iter(model.nets[level].parameters()))
+        b = before[[id(p) for p in params].index(id(w))]
+        delta = (w.detach() - b).abs()
+        torch.testing.assert_close(delta, torch.full_like(delta, 0.01 * factor), rtol=1e-6, atol=0)
+
+
+def _snapshot_at(monkeypatch, step: int, target):
+    original = Trainer.save
+
+    def save(self, at_step):
+        original(self, at_step)
+        if at_step == step:
+            shutil.copytree(self.run_dir, target)
+
+    monkeypatch.setattr(Trainer, "save", save)
+
+
+def _arrays(path):
+    with h5py.File(path, "r") as f:
+        out = {}
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        return out, int(f.attrs["adam_step"])
+
+
+@pytest.mark.parametrize("schedule", [SWEEP, {"kind": "coarse_to_fine", "starts": [0, 8, 16], "lr_factors": [1, 2, 0.5]}])
+def test_resume_through_a_transition_equals_the_uninterrupted_run(schedule, tmp_path, monkeypatch, capsys):
+    """Checkpoint at step 5, before the transitions (10, 20 / 8, 16) and the switch to L-BFGS
+    (all active): the resumed run ends with the uninterrupted run's parameters, Adam moments and
+    per-subdomain step counts."""
+    data = {**WAVE, "schedule": schedule, "lbfgs": {"steps": 3},
+            "train": {**WAVE["train"], "checkpoint_every": 5},
+            "run": {**WAVE["run"], "output_dir": str(tmp_path / "runs"), "name": "run"}}
+    config = write_yaml(tmp_path / "run.yaml", data)
+    crashed = tmp_path / "crashed"
+    _snapshot_at(monkeypatch, 5, crashed)
+    assert main(["train", str(config)]) == 0
+    monkeypatch.undo()
+    out = capsys.readouterr().out
+    assert "subdomain schedule:" in out and "schedule steps 0-" in out and "(L-BFGS)" in out
+    assert main(["train", "--resume", str(crashed), "--quiet"]) == 0
+    full, full_step = _arrays(tmp_path / "runs" / "run" / "checkpoint.h5")
+    resumed, resumed_step = _arrays(crashed / "checkpoint.h5")
+    assert sorted(full) == sorted(resumed) and full_step == resumed_step == 30
+    assert any("/adam_t/" in k for k in full)
+    for key, value in full.items():
+        if key.startswith("level_"):
+            np.testing.assert_allclose(resumed[key], value, rtol=0, atol=1e-12, err_msg=key)

@@ -549,6 +549,12 @@ class Config:
                 "loss.weighting: self_adaptive weights are learnt by ascent during the Adam steps; with "
                 "train.steps 0 (L-BFGS only) they would stay at their initial value. Set train.steps > 0"
             )
+        if self.schedule.kind != "all_active" and (self.loss.weighting == "self_adaptive" or self.sampling.adaptive.method != "none"):
+            raise ConfigError(
+                f"schedule.kind: {self.schedule.kind} drops the points no active subdomain covers, which per-point "
+                "state (loss.weighting self_adaptive, sampling.adaptive) does not follow yet; use schedule.kind "
+                "all_active with them"
+            )
         if isinstance(self.parallel.level_policy, list) and isinstance(self.decomposition.levels, int):
             if len(self.parallel.level_policy) != self.decomposition.levels:
                 raise ConfigError(

@@ -138,6 +138,7 @@ def cover_level(
     where: str = "level",
     slots: int | None = None,
     product_dtype: torch.dtype = torch.float64,
+    present: Tensor | None = None,
 ) -> LevelCoverage:
     """Build the :class:`LevelCoverage` of ``level`` on points ``x`` for the ``held`` subdomains.
 
@@ -146,13 +147,20 @@ def cover_level(
     point counts); a subdomain with more points spans several rows. ``product_dtype``: the
     dtype the window product is stored in (the run's: each entry is one coefficient times a
     float64 window jet, so storing it in float32 rounds once, as a later cast would). Raises
-    :class:`CoverageError` if a point is covered by no subdomain.
+    :class:`CoverageError` if a point is covered by no subdomain. ``present``: [n_subdomains]
+    bool, the subdomains a schedule evaluates (default all): only they make up the partition of
+    unity, and a point none of them covers gets no pair (no error).
     """
     x = x.detach().to(device="cpu", dtype=torch.float64)
     n = x.shape[0]
     points, ids = level_pairs(level, x)
+    if present is not None:
+        # Windows are normalised over the evaluated subdomains (the FBPINN schedulers' semantics):
+        # an active subdomain next to switched-off ones carries the whole weight there.
+        keep = torch.as_tensor(present, dtype=torch.bool)[ids]
+        points, ids = points[keep], ids[keep]
     n_cover = torch.bincount(points, minlength=n)
-    if n and int(n_cover.min()) == 0:
+    if present is None and n and int(n_cover.min()) == 0:
         bad = int(torch.nonzero(n_cover == 0)[0])
         raise CoverageError(
             f"{where}: point {x[bad].tolist()} lies in no subdomain; points must be inside the domain "

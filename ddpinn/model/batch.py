@@ -24,7 +24,7 @@ from ddpinn.geometry.coverage import product_matrix
 from ddpinn.jets import JetSpec, pointwise_jets
 from ddpinn.problems.base import Problem, as_columns
 
-__all__ = ["EvaluationBatch", "build_batch", "constraint_jets"]
+__all__ = ["EvaluationBatch", "build_batch", "constraint_jets", "select_rows"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +38,9 @@ class EvaluationBatch:
         jets of its shift (identity and zero without a hard constraint).
     n_eval: rows of the partial-sum array (own + halo points). global_counts: points per group
     over all processes (the loss normaliser). exchange: the halo exchange plan, None on one process.
+    fixed_sums: [n_eval, J, n_out] the partial sums of the subdomains a schedule holds fixed
+    (constant while they are fixed, computed once per schedule phase without gradient; ``levels``
+    then cover the active subdomains only), or None.
     """
 
     x: Tensor
@@ -50,6 +53,7 @@ class EvaluationBatch:
     global_counts: dict[str, int]
     exchange: object | None = None
     data: dict[str, Tensor] = field(default_factory=dict)
+    fixed_sums: Tensor | None = None
 
     @property
     def n_own(self) -> int:
@@ -92,10 +96,13 @@ def build_batch(
     device: torch.device | str = "cpu",
     exchange: object | None = None,
     data: Mapping[str, np.ndarray] | None = None,
+    present: Sequence[np.ndarray] | None = None,
 ) -> EvaluationBatch:
     """Cover the points of ``groups`` (name -> [n_g, dim] own points) for every level.
 
     ``held[l]``: global subdomain ids this process evaluates on level l (default all);
+    ``present[l]``: [n_subdomains] bool, the subdomains a schedule evaluates (default all): the
+    windows are normalised over them, and the others get no pairs;
     ``halo``: [n_halo, dim] extra points evaluated by the levels flagged in ``halo_levels``;
     ``data``: observed values per group (see :attr:`EvaluationBatch.data`).
     """
@@ -114,7 +121,7 @@ def build_batch(
         points = x_eval if halo_levels[l] else x_eval[:n_own]
         cov = cover_level(
             level, points, window, spec, None if held is None else held[l], where=f"decomposition.levels[{l}]",
-            product_dtype=dtype,
+            product_dtype=dtype, present=None if present is None else torch.from_numpy(np.asarray(present[l], dtype=bool)),
         )
         coverages.append(_reindex(cov, x_eval.shape[0]).to(dtype, device))
 
@@ -149,4 +156,21 @@ def _reindex(cov: LevelCoverage, n_eval: int) -> LevelCoverage:
         window_product=cov.window_product,
         n_points=n_eval,
         n_pairs=cov.n_pairs,
+    )
+
+
+def select_rows(cov: LevelCoverage, keep: Tensor) -> LevelCoverage:
+    """The coverage of the rows ``keep`` ([S] bool) of ``cov``: the same points, fewer subdomains
+    (a schedule's active or fixed ones). Rows keep their parameter-stack positions."""
+    rows = cov.rows if cov.rows is not None else torch.arange(cov.subdomain_ids.numel(), device=cov.point_index.device)
+    index = cov.point_index[keep]
+    return LevelCoverage(
+        subdomain_ids=cov.subdomain_ids[keep.to(cov.subdomain_ids.device)],
+        rows=rows[keep],
+        point_index=index,
+        x_norm=cov.x_norm[keep],
+        inv_half_width=cov.inv_half_width[keep],
+        window_product=cov.window_product[keep],
+        n_points=cov.n_points,
+        n_pairs=int((index != cov.n_points).sum()),
     )

@@ -84,7 +84,9 @@ class FBPINN(nn.Module):
             windowed = (cov.window_product.unsqueeze(3) * out.unsqueeze(1)).sum(2)  # [S, J, n_out, P]
             flat = windowed.permute(0, 3, 1, 2).reshape(-1, n_jets * n_out)
             total = total.index_add(0, cov.point_index.reshape(-1), flat)
-        return total[: batch.n_eval].view(batch.n_eval, n_jets, n_out)
+        total = total[: batch.n_eval].view(batch.n_eval, n_jets, n_out)
+        # Fixed subdomains (a schedule's frozen ones): their constant sums, computed once per phase.
+        return total if batch.fixed_sums is None else total + batch.fixed_sums
 
     def constrain(self, totals: Tensor, batch: EvaluationBatch) -> Tensor:
         """Un-normalisation, level average and hard constraint, with jets: [n_own, J, n_out].

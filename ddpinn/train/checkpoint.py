@@ -7,6 +7,9 @@ Layout of ``checkpoint.h5``::
            written_at, datasets (JSON list of every dataset key), attr_sha256 (JSON)
     level_<l>/<param>                          [n_subdomains, ...] parameters, rows = global ids
     level_<l>/adam_m/<param>, adam_v/<param>   Adam moments, same shape
+    level_<l>/adam_t/<param>                   [n_subdomains] per-subdomain Adam step counts (a
+                                               schedule's masked Adam; the plain Adam's one count
+                                               is the attribute adam_step)
     level_<l>/lbfgs_s<k>/<param>, lbfgs_y<k>/<param>   L-BFGS correction pairs (if any)
     problem/<name>, problem/adam_m/<name>, ...         trainable problem parameters, shape [1]
     every dataset: attr sha256
@@ -190,6 +193,8 @@ def _local_arrays(groups: list[ParamGroup], adam: torch.optim.Optimizer | None, 
             if "exp_avg" in state:
                 tensors[ArrayKey(name, "adam_m")] = state["exp_avg"]
                 tensors[ArrayKey(name, "adam_v")] = state["exp_avg_sq"]
+                if state["step"].dim():  # per-row counts: a subdomain counts only its active steps
+                    tensors[ArrayKey(name, "adam_t")] = state["step"]
             for k, pair in enumerate(lbfgs.pairs if lbfgs is not None else []):
                 tensors[ArrayKey(name, f"lbfgs_s{k}")] = pair.s[name]
                 tensors[ArrayKey(name, f"lbfgs_y{k}")] = pair.y[name]
@@ -201,9 +206,10 @@ def _local_arrays(groups: list[ParamGroup], adam: torch.optim.Optimizer | None, 
 
 
 def _adam_step(adam: torch.optim.Optimizer | None) -> int:
-    """Adam's step count (the same for every parameter; 0 before the first step)."""
-    state = next(iter(adam.state.values()), None) if adam is not None else None
-    return int(state["step"]) if state else 0
+    """Adam's step count (the largest per-row count of a schedule's masked Adam; 0 before the
+    first step)."""
+    states = list(adam.state.values()) if adam is not None else []
+    return max((int(state["step"].max()) for state in states), default=0)
 
 
 def save_checkpoint(
@@ -444,6 +450,7 @@ def restore(ckpt: Checkpoint, groups: list[ParamGroup], adam: torch.optim.Optimi
     checkpoint that does not fit changes nothing."""
     values: dict[str, torch.Tensor] = {}
     moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    counts: dict[str, torch.Tensor] = {}
     pairs = [CorrectionPair(s={}, y={}) for _ in range(ckpt.lbfgs_pairs)]
 
     def load(key: ArrayKey, ids: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -461,6 +468,8 @@ def restore(ckpt: Checkpoint, groups: list[ParamGroup], adam: torch.optim.Optimi
             values[name] = load(ArrayKey(name), group.ids, p)
             if adam is not None and str(ArrayKey(name, "adam_m")) in ckpt.arrays:
                 moments[name] = tuple(load(ArrayKey(name, state), group.ids, p) for state in ("adam_m", "adam_v"))
+                if str(ArrayKey(name, "adam_t")) in ckpt.arrays:
+                    counts[name] = load(ArrayKey(name, "adam_t"), group.ids, p.new_empty(len(group.ids)))
             for k, pair in enumerate(pairs):
                 pair.s[name] = load(ArrayKey(name, f"lbfgs_s{k}"), group.ids, p)
                 pair.y[name] = load(ArrayKey(name, f"lbfgs_y{k}"), group.ids, p)
@@ -471,7 +480,8 @@ def restore(ckpt: Checkpoint, groups: list[ParamGroup], adam: torch.optim.Optimi
                 p.copy_(values[name])
                 if name in moments:
                     adam.state[p] = {
-                        "step": torch.tensor(float(ckpt.adam_step), dtype=torch.float32, device=p.device),
+                        "step": counts[name] if name in counts
+                        else torch.tensor(float(ckpt.adam_step), dtype=torch.float32, device=p.device),
                         "exp_avg": moments[name][0],
                         "exp_avg_sq": moments[name][1],
                     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -18,21 +19,38 @@ from ddpinn.config import Config
 from ddpinn.model.batch import EvaluationBatch
 from ddpinn.train.diagnose import FiniteGuard
 from ddpinn.train.engine import LossEngine
+from ddpinn.schedule import SubdomainSchedule
 from ddpinn.train.lbfgs import LBFGS, LBFGSState
+from ddpinn.train.masked_adam import MaskedAdam
 from ddpinn.train.schedules import learning_rate
 
 __all__ = ["AdamPhase", "LBFGSPhase", "PhasePlan"]
 
 
 class AdamPhase:
+    """Adam over ``params``: torch's fused Adam for an all-active schedule (the plain run), else
+    :class:`~ddpinn.train.masked_adam.MaskedAdam`, which moves only the active subdomains' rows
+    (with the schedule's per-level learning-rate factors); the trainer's points tell it the roles
+    of each phase (:meth:`set_roles`)."""
+
     name = "adam"
 
-    def __init__(self, engine: LossEngine, params: list[Tensor], cfg: Config, guard: FiniteGuard) -> None:
+    def __init__(self, engine: LossEngine, params: list[Tensor], cfg: Config, guard: FiniteGuard,
+                 schedule: SubdomainSchedule | None = None) -> None:
         o = cfg.optimizer
         self.engine, self.cfg, self.guard = engine, cfg, guard
         self.fused = params[0].device.type in ("cpu", "cuda")
         """The fused kernel skips an update on a device flag; other devices check on the host."""
-        self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=self.fused)
+        if schedule is None or schedule.all_active:
+            self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=self.fused)
+        else:
+            self.optimizer = MaskedAdam(params, engine.model, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                        level_factors=schedule.level_lr_factors())
+
+    def set_roles(self, roles: list[np.ndarray]) -> None:
+        """The roles (per level, [n_subdomains] by global id) from this step on."""
+        if isinstance(self.optimizer, MaskedAdam):
+            self.optimizer.set_roles(roles)
 
     @property
     def lr(self) -> float:

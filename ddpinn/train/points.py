@@ -3,12 +3,15 @@
 Defines :class:`TrainingPoints`: it asks the run's :class:`~ddpinn.points.PointSource` for points
 at the start and at each sampling event, builds their batch (with the exchange plan) once per
 point set, tells the weighting so per-point state follows its points, and gives the checkpoint
-the points with their per-point state (restoring them on any rank count).
+the points with their per-point state (restoring them on any rank count). With a subdomain
+schedule it also rebuilds the batch at each schedule transition (the points the phase trains on,
+its active subdomains and the fixed ones' constant sums: :mod:`ddpinn.train.scheduled`) and tells
+the optimiser the phase's roles; the point set itself, and so the checkpoint, keeps every point.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +20,10 @@ import torch
 from ddpinn.model.batch import EvaluationBatch
 from ddpinn.parallel.batching import BatchFactory
 from ddpinn.points import PointSet, PointSource
+from ddpinn.schedule import SubdomainSchedule, role_counts
 from ddpinn.train.checkpoint import Checkpoint, points_in_block
 from ddpinn.train.engine import LossEngine
+from ddpinn.train.scheduled import phase_batch
 
 __all__ = ["TrainingPoints", "PointCounts"]
 
@@ -39,19 +44,32 @@ class PointCounts(dict):
 
 class TrainingPoints:
     def __init__(self, source: PointSource, batches: BatchFactory, engine: LossEngine,
-                 record_dir: Path | None = None) -> None:
+                 record_dir: Path | None = None, *, schedule: SubdomainSchedule | None = None,
+                 on_roles: Callable[[list[np.ndarray]], None] | None = None,
+                 message: Callable[[str], None] | None = None) -> None:
         """``record_dir``: where each rank writes its collocation points at every sampling event
-        (``event_<k>_rank<r>.npy``, [n, dim]), for plots of how adaptive sampling moved them."""
+        (``event_<k>_rank<r>.npy``, [n, dim]), for plots of how adaptive sampling moved them.
+        ``schedule``: the subdomain schedule (an all-active one takes the plain path);
+        ``on_roles``: told the roles of each schedule phase as it starts (the optimiser);
+        ``message``: prints a line (on rank 0) at each phase start."""
         self.source, self.batches, self.engine, self.record_dir = source, batches, engine, record_dir
+        self.schedule = None if schedule is None or schedule.all_active else schedule
+        self.on_roles, self.message = on_roles, message
         self.points: PointSet | None = None
         self.batch: EvaluationBatch | None = None
         self._counts: PointCounts | None = None
+        self.phase: int | None = None
+        """First step of the schedule phase the batch was built for (None without a schedule)."""
+        self.roles: list[np.ndarray] | None = None
+        """The roles of that phase: per level [n_subdomains] Role by global id."""
 
     # ------------------------------------------------------------------ life
     def start(self, step: int, checkpoint: Checkpoint | None) -> str | None:
         """The points in effect at ``step``: the source's initial ones, or those stored in
         ``checkpoint`` with their per-point state. Returns a note for the user when the
         checkpoint's points no longer match the sampling config (they are then drawn anew)."""
+        if self.schedule is not None:
+            self.phase = self.schedule.phase_start(step)
         if checkpoint is None:
             self._use(self.source.initial())
             self._record(0)
@@ -63,11 +81,19 @@ class TrainingPoints:
         return note
 
     def refresh_if_due(self, step: int) -> bool:
-        """New points from the source when a sampling event falls before ``step``."""
-        if not self.source.due(step):
+        """New points from the source when a sampling event falls before ``step``, and a new batch
+        when a schedule phase starts at ``step`` (both collectives, on every rank at once)."""
+        due = self.source.due(step)
+        transition = self.schedule is not None and self.schedule.phase_start(step) != self.phase
+        if not (due or transition):
             return False
-        self._use(self.source.refresh(step, self.points, self.score))
-        self._record(self.source.event(step))
+        if transition:
+            self.phase = self.schedule.phase_start(step)
+        if due:
+            self._use(self.source.refresh(step, self.points, self.score))
+            self._record(self.source.event(step))
+        else:
+            self._use(self.points)
         return True
 
     def _record(self, event: int) -> None:
@@ -82,8 +108,27 @@ class TrainingPoints:
 
     def _use(self, points: PointSet) -> None:
         self.points, self._counts = points, None
-        self.batch = self.batches.training_batch(points.groups)
+        if self.schedule is None:
+            self.batch = self.batches.training_batch(points.groups)
+        else:
+            self.roles = self.schedule.roles_at(self.phase)
+            self.batch = phase_batch(self.batches, self.engine.model, self.roles, points.groups,
+                                     self.batches.exp.observations(self.batches.block))
+            if self.on_roles is not None:
+                self.on_roles(self.roles)
+            if self.message is not None:
+                self.message(self.describe_phase())
         self.engine.weighting.on_points(points, self.batch)
+
+    def describe_phase(self) -> str:
+        """The schedule phase in effect: its steps, the roles per level and the points kept (a
+        collective: the global point count)."""
+        end = next((t for t in [*self.schedule.transitions(), self.schedule.adam_steps] if t > self.phase), None)
+        steps = f"steps {self.phase}-{end - 1}" if end is not None else f"from step {self.phase} (L-BFGS)"
+        levels = "; ".join(f"level {l + 1}: {c['active']} active, {c['fixed']} fixed, {c['off']} off"
+                           for l, c in enumerate(role_counts(self.roles)))
+        total = sum(self.counts().values())
+        return f"schedule {steps}: {levels}; trains on {self.batch.global_counts['pde']} of {total} collocation points"
 
     # ------------------------------------------------------------------ reporting and checkpoints
     def counts(self) -> PointCounts:

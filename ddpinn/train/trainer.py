@@ -100,18 +100,20 @@ class Trainer:
         # auto: eager first, compiled once the measured eager step shows that compiling pays back.
         self.engine.local = StepFunction(
             self.engine.local_outputs, mode=self.cfg.train.compile, total_steps=exp.total_steps,
-            gather=comm.allgather_object, message=self.progress.message, changing_shapes=source.changes_points,
+            gather=comm.allgather_object, message=self.progress.message,
+            changing_shapes=source.changes_points or not exp.schedule.all_active,  # a schedule phase's batch differs
             device_type=device.type,
         )
         self.guard = FiniteGuard(self.model, self.objective, comm, self.run_dir / "checkpoint.h5")
         named = ckpt_io.named_parameters(self.model, self.trainables)
         self.phases = PhasePlan(
-            AdamPhase(self.engine, self.sync.params, self.cfg, self.guard),
+            AdamPhase(self.engine, self.sync.params, self.cfg, self.guard, exp.schedule),
             LBFGSPhase(self.engine, named, dot_by_name(self.sync.dot, self.sync.params, named), self.cfg, self.guard),
             self.cfg.train.steps,
         )
         self.points = TrainingPoints(
-            source, self.batches, self.engine, self.run_dir / "points" if source.adaptive else None
+            source, self.batches, self.engine, self.run_dir / "points" if source.adaptive else None,
+            schedule=exp.schedule, on_roles=self.phases.adam.set_roles, message=self.progress.message,
         )
         # Rank 0 writes replicated levels; every rank writes its own subdomains of partitioned ones.
         owned_levels = [layout.is_partitioned(l) or self.is_root for l in range(exp.decomposition.n_levels)]
@@ -243,6 +245,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         self.progress.message(f"points: {self.points.source.describe()}; loss weighting: {self.weighting.describe()}")
+        if not self.exp.schedule.all_active:
+            self.progress.message(f"subdomain schedule: {self.exp.schedule.describe()}")
         if checkpoint is None:
             return 0
         self.progress.message(

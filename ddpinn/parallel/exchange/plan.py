@@ -93,8 +93,10 @@ def build_distributed_batch(
     held: Sequence[np.ndarray],
     device: torch.device,
     data: Mapping[str, np.ndarray] | None = None,
+    present: Sequence[np.ndarray] | None = None,
 ) -> EvaluationBatch:
-    """The rank's batch over own + halo points, with its :class:`ExchangePlan` attached."""
+    """The rank's batch over own + halo points, with its :class:`ExchangePlan` attached.
+    ``present[l]``: [n_subdomains] bool, the subdomains a schedule evaluates (default all)."""
     rank = comm.rank
     names = list(groups)
     x_own = np.concatenate([np.asarray(groups[g], dtype=np.float64).reshape(-1, exp.problem.dim) for g in names])
@@ -147,4 +149,5 @@ def build_distributed_batch(
         device=device,
         exchange=plan,
         data=data,
+        present=present,
     )

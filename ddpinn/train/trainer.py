@@ -211,6 +211,9 @@ class Trainer:
         extra = []
         if self.comm.world_size > 1 or self.points.source.adaptive:
             extra.append(counts.describe() if self.comm.world_size > 1 else f"{sum(counts.values())} points")
+        if not self.exp.schedule.all_active:
+            pairs = record["active_pairs_per_rank"] = self._active_pairs_per_rank()
+            extra.append(f"active pairs/rank {min(pairs)}-{max(pairs)}" if len(pairs) > 1 else f"{pairs[0]} active pairs")
         weights = self.weighting.report()
         if weights:
             record["weighting"] = weights
@@ -224,6 +227,13 @@ class Trainer:
             ))
         metrics.write(record)
         self.progress.line(step, record["loss"], rate, errors.as_dict() if errors else None, " | ".join(extra))
+
+    def _active_pairs_per_rank(self) -> list[int]:
+        """(point, subdomain) pairs each rank trains per step in the current schedule phase (its
+        batch covers the active subdomains only); a collective, run at log steps."""
+        local = torch.zeros(self.comm.world_size, dtype=torch.float64)
+        local[self.comm.rank] = self.points.batch.n_pairs
+        return [int(v) for v in self.comm.all_reduce_sum(local).tolist()]
 
     def _parameter_errors(self) -> dict[str, float]:
         truth = self.exp.problem.true_parameters()

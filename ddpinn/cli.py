@@ -5,6 +5,9 @@
     ddpinn train --resume RUN_DIR [--set ...]     continue from RUN_DIR/checkpoint.h5 (or .prev.h5)
     ddpinn eval RUN_DIR                           recompute the test errors from the checkpoint
     ddpinn plot RUN_DIR                           redraw RUN_DIR/plots/*.png
+    ddpinn export RUN_DIR --format xdmf|npz [--out PATH] [--n N | --n N1,N2,...]
+                                                  the solution on a grid for ParaView/VisIt or NumPy:
+                                                  results.h5's test grid, or the model on a new grid
     ddpinn check CONFIG [--set ...] [--ranks N] [--device-memory 80GB]
                                                   validate a config and describe the run (per-rank
                                                   work and memory), no training
@@ -81,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="redraw a run's plots")
     pl.add_argument("run_dir")
 
+    x = sub.add_parser("export", help="write a run's solution on a grid as XDMF+HDF5 (ParaView, VisIt) or npz")
+    x.add_argument("run_dir")
+    x.add_argument("--format", required=True, choices=["xdmf", "npz"], dest="fmt",
+                   help="xdmf: an .xdmf file and an .h5 beside it (2-D and 3-D grids, time series over an input 't'); "
+                        "npz: NumPy arrays (any dimension)")
+    x.add_argument("--out", metavar="PATH", help="the file to write (default RUN_DIR/export/solution.xdmf or .npz)")
+    x.add_argument("--n", type=_grid_counts, metavar="N or N1,N2,...",
+                   help="evaluate the checkpoint's model on a new grid of N points per axis (or one count per "
+                        "axis) instead of reading the test grid of results.h5")
+    x.add_argument("--device", default="cpu", help="where to evaluate the model with --n (cpu, cuda, auto)")
+
     c = sub.add_parser("check", help="validate a config and describe the run without training")
     c.add_argument("config")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -94,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("config", help="print every config key with its default and documentation")
     r.add_argument("--markdown", action="store_true", help="as the Markdown table of docs/configuration.md")
     return p
+
+
+def _grid_counts(text: str) -> tuple[int, ...]:
+    from ddpinn.io.export import ExportError, grid_counts
+
+    try:
+        return grid_counts(text)
+    except ExportError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _load(config: str, overrides: list[str]):
@@ -299,6 +322,7 @@ def _rank_report(err: BaseException, known: tuple[int, str] | None, ending: Rank
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ddpinn.config import ConfigError
+    from ddpinn.io.export import ExportError
     from ddpinn.parallel.comm import CommError
     from ddpinn.parallel.env import LaunchError
     from ddpinn.parallel.layout import LayoutError
@@ -319,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
             for path in plot_run(Path(args.run_dir)):
                 print(f"wrote {path}")
             return 0
+        if args.command == "export":
+            from ddpinn.io.export import export_run
+
+            out = Path(args.out) if args.out else None
+            for path in export_run(Path(args.run_dir), args.fmt, out=out, n=args.n, device=args.device):
+                print(f"wrote {path}")
+            return 0
         if args.command == "check":
             return _check(args)
         if args.command == "config":
@@ -331,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         from ddpinn.parallel.failure import end_process, ending_of
 
         known = next(((status, label) for kinds, status, label in (
-            ((ConfigError, CheckpointError, LayoutError, LaunchError), 2, "error"),
+            ((ConfigError, CheckpointError, LayoutError, LaunchError, ExportError), 2, "error"),
             (NonFiniteLossError, 3, "error"),
             (CommError, 4, "communication error"),
             (KeyboardInterrupt, 130, "interrupted"),

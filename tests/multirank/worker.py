@@ -33,7 +33,8 @@ def gather_gradients(trainer, layout, comm) -> dict[str, np.ndarray]:
             continue
         named = [(f"W{k}", w) for k, w in enumerate(net.weights)] + [(f"b{k}", b) for k, b in enumerate(net.biases)]
         for name, p in named:
-            rows[f"level_{level + 1}/{name}"] = (trainer.model.held[level], p.grad.detach().cpu().double().numpy())
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)  # a rank whose subdomains a schedule has off
+            rows[f"level_{level + 1}/{name}"] = (trainer.model.held[level], grad.detach().cpu().double().numpy())
     if comm.rank == 0:
         for name, p in trainer.trainables.named_values():
             rows[f"problem/{name}"] = (np.zeros(1, dtype=np.int64), p.grad.detach().cpu().double().numpy().reshape(1))

@@ -19,7 +19,7 @@ from ddpinn.parallel.analysis import rank_traffic
 from ddpinn.parallel.exchange.plan import halo_requests
 from ddpinn.parallel.layout import ParallelLayout
 from ddpinn.parallel.policy import plan_layout
-from ddpinn.parallel.workload import workload
+from ddpinn.parallel.workload import Intervals, PointCounter, workload
 
 FACES_AND_DATA = textwrap.dedent(
     """
@@ -140,11 +140,12 @@ RANDOM = [c for c in CASES if c[0] in (
 )]
 
 
-@pytest.mark.parametrize("method", ["uniform", "sobol"])
+@pytest.mark.parametrize("method", ["uniform", "sobol", "lhs", "hammersley"])
 @pytest.mark.parametrize("name, problem, levels, n, ranks, policy", RANDOM, ids=[c[0] for c in RANDOM])
 def test_random_points_counts_are_expectations(tmp_path, method, name, problem, levels, n, ranks, policy):
     """Uniform sampling: own points exact (per-cell counts), pairs and halo points are expected
-    counts (points uniform within a cell). Sobol/Halton: everything by density x volume. Tolerance
+    counts (points uniform within a cell). Sobol/Halton/LHS: everything by density x volume;
+    Hammersley: exact along the first axis, density along the others. Tolerance
     per count: 4 standard deviations of a Poisson count plus 3% (a point counts on up to 2^dim
     subdomains of a level, which widens the spread of pairs beyond Poisson)."""
     exp = experiment(tmp_path, problem, levels, n, method=method, policy=policy)
@@ -164,6 +165,28 @@ def test_random_points_counts_are_expectations(tmp_path, method, name, problem, 
         assert close(counted.halo_points, real["halo"]), (rank, counted.halo_points, real["halo"])
         for l, pairs in real["pairs"].items():
             assert close(counted.pairs_by_level[l], pairs), (rank, l, counted.pairs_by_level[l], pairs)
+
+
+@pytest.mark.parametrize("name, problem, levels, n, ranks, policy", RANDOM, ids=[c[0] for c in RANDOM])
+def test_hammersley_own_points_are_exact_per_slab_along_the_first_axis(tmp_path, name, problem, levels, n, ranks, policy):
+    """Hammersley points are evenly spaced along the first axis, so a loss term's points in a slab
+    of blocks (one block index along the first axis) are counted exactly, on every epoch. (The
+    per-rank counts are rounded shares of these, not exact.)"""
+    exp = experiment(tmp_path, problem, levels, n, method="hammersley", policy=policy)
+    layout = layout_for(exp, ranks)
+    slabs = Intervals.blocks(layout, 0)
+
+    def slab_only(atoms, a):
+        return atoms.owned(slabs) if a == 0 else np.ones((1, atoms.lo.size))
+
+    for epoch in (0, 1):
+        counted = {name: c.reshape(-1) for name, c in PointCounter(exp, epoch).per_group(slab_only).items()}
+        for column in range(layout.grid[0]):
+            ranks_in = [r for r in range(ranks) if layout.block_index(r)[0] == column]
+            parts = [exp.training_points(epoch, layout.block(r)) for r in ranks_in]
+            for term, counts in counted.items():
+                real = sum(p[term].shape[0] for p in parts)
+                assert abs(counts[column] - real) < 1e-6, (epoch, column, term, counts[column], real)
 
 
 def test_counts_never_draw_points_or_pair_them(monkeypatch):

@@ -227,7 +227,13 @@ class AdaptiveSamplingConfig:
 @dataclass(kw_only=True, slots=True)
 class SamplingConfig:
     method: str = "grid"
-    """Collocation points: ``grid``, ``uniform`` (per cell), ``sobol`` or ``halton``."""
+    """Collocation points: ``grid``, ``uniform`` (per cell), ``sobol``, ``halton``, ``lhs`` or
+    ``hammersley``. ``lhs`` (Latin hypercube): n strata per axis, exactly one point in each, so
+    every axis is evenly covered while the joint is random; use it for random points with even
+    marginals. ``hammersley``: the Hammersley set (i/n, radical inverses in 2, 3, ...) shifted by
+    a seeded random offset mod 1 per epoch; the lowest discrepancy for a fixed n (unlike Sobol it
+    does not extend: another n is another set). Constraint faces use ``uniform`` for every method
+    but ``grid``."""
     n: int | list[int] = 1000
     """Collocation points: a list gives points per axis (``[40, 40]``: 1,600 points); an integer is
     the total, which ``grid`` spreads over the axes in proportion to their lengths and rounds
@@ -245,7 +251,7 @@ class SamplingConfig:
     """Residual-based adaptive collocation points (RAD, RAR-D)."""
 
     def __post_init__(self) -> None:
-        _choice("sampling.method", self.method, ("grid", "uniform", "sobol", "halton"))
+        _choice("sampling.method", self.method, ("grid", "uniform", "sobol", "halton", "lhs", "hammersley"))
         for name in ("n", "test_n"):
             value = getattr(self, name)
             values = value if isinstance(value, list) else [value]
@@ -254,7 +260,9 @@ class SamplingConfig:
         _positive("sampling.resample_every", self.resample_every, allow_zero=True)
         _positive("sampling.test_chunk", self.test_chunk)
         if self.resample_every and self.method == "grid":
-            raise ConfigError("sampling.resample_every: grid points never change; use method uniform, sobol or halton")
+            raise ConfigError(
+                "sampling.resample_every: grid points never change; use uniform, sobol, halton, lhs or hammersley"
+            )
         if self.adaptive.method != "none":
             if self.resample_every:
                 raise ConfigError(
@@ -263,7 +271,8 @@ class SamplingConfig:
                 )
             if self.method == "grid":
                 raise ConfigError(
-                    f"sampling.method: {self.adaptive.method} draws its candidates at random; use uniform, sobol or halton"
+                    f"sampling.method: {self.adaptive.method} draws its candidates at random; "
+                    "use uniform, sobol, halton, lhs or hammersley"
                 )
 
 

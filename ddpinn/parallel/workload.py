@@ -11,8 +11,12 @@ axis) per level plus the ranks, whatever points x subdomains is.
 
 Exactness: grid sampling and given points (data sets) are counted exactly; ``uniform`` sampling's
 own points are exact (the per-cell counts of :func:`~ddpinn.sampling.uniform_cell_counts`) and
-its pairs and halo points are expectations (points uniform within a cell); for Sobol and Halton
-every count is an expectation (density x volume). :attr:`Workload.exact` says which.
+its pairs and halo points are expectations (points uniform within a cell); Hammersley points
+are counted exactly along the first axis (they are evenly spaced there:
+:func:`~ddpinn.sampling.hammersley_axis_counts`) and by density along the others; for Sobol,
+Halton and Latin hypercube points every count is an expectation (density x volume; a Latin
+hypercube's marginals are within one point of it per block edge). :attr:`Workload.exact` says
+which.
 
 Used by ``ddpinn check``, the memory model, :mod:`ddpinn.parallel.analysis` and
 ``benchmarks/setup_scaling.py``.
@@ -30,7 +34,14 @@ from ddpinn import rng
 from ddpinn.build import Experiment
 from ddpinn.geometry import Box, Level
 from ddpinn.parallel.layout import ParallelLayout
-from ddpinn.sampling import PointGroup, SamplingMethod, grid_lines, grid_shape, uniform_cell_counts
+from ddpinn.sampling import (
+    PointGroup,
+    SamplingMethod,
+    grid_lines,
+    grid_shape,
+    hammersley_axis_counts,
+    uniform_cell_counts,
+)
 
 __all__ = ["Intervals", "PointCounter", "RankWorkload", "Workload", "workload", "owned_regions", "union_counts"]
 
@@ -165,7 +176,12 @@ def _density(group: PointGroup, cells: Sequence[int], seed: int, epoch: int) -> 
     if group.method == SamplingMethod.UNIFORM:
         counts = uniform_cell_counts(n, cell_shape, rng.stream_key(seed, group.stream, epoch)).astype(np.float64)
         return _Cells(group.name, atoms, counts.reshape([len(f) for f in factors]))
-    factors[free[0]] = np.full(cell_shape[0], n / float(np.prod(cell_shape)))  # low discrepancy: density x volume
+    others = float(np.prod(cell_shape[1:]))
+    if group.method == SamplingMethod.HAMMERSLEY:  # exact per cell along the first free axis
+        key = rng.stream_key(seed, group.stream, epoch)
+        factors[free[0]] = hammersley_axis_counts(n, cell_shape[0], key) / others
+    else:  # Sobol, Halton, Latin hypercube: density x volume
+        factors[free[0]] = np.full(cell_shape[0], n / (cell_shape[0] * others))
     return _Separable(group.name, atoms, factors, exact=False)
 
 

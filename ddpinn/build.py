@@ -19,8 +19,10 @@ import torch
 from ddpinn.config import Config, ConfigError, LevelConfig
 from ddpinn.geometry import Block, Box, Decomposition, GeometryError, Level, Window, make_window, multilevel, uniform_level
 from ddpinn.jets import JetSpec
-from ddpinn.model.activations import make_activation
+from ddpinn.model.activations import AdaptiveKind, AdaptiveSlope, make_activation
 from ddpinn.model.fbpinn import FBPINN
+from ddpinn.model.fourier import FourierFeatures
+from ddpinn.model.mlp import network_parameters
 from ddpinn.problems import Face, Point, Points, Problem, ProblemError, make_problem
 from ddpinn.sampling import PointGroup, SamplingMethod, sample_box
 from ddpinn.schedule import SubdomainSchedule, make_schedule
@@ -105,6 +107,18 @@ class Experiment:
     def total_steps(self) -> int:
         return self.cfg.train.steps + self.cfg.lbfgs.steps
 
+    @property
+    def fourier(self) -> FourierFeatures | None:
+        """The networks' Fourier-feature inputs (``network.fourier``); None when off."""
+        f = self.cfg.network.fourier
+        return None if f is None else FourierFeatures(f.features, f.sigma, f.trainable)
+
+    @property
+    def adaptive(self) -> AdaptiveSlope | None:
+        """The networks' adaptive activation slopes (``network.adaptive_activation``); None when off."""
+        a = self.cfg.network.adaptive_activation
+        return None if a.kind == "none" else AdaptiveSlope(AdaptiveKind(a.kind), a.scale)
+
     def make_model(self, held: Sequence[np.ndarray] | None = None, device: torch.device | str = "cpu") -> FBPINN:
         """The FBPINN holding ``held[l]`` (global ids) of each level; all subdomains by default."""
         if held is None:
@@ -117,6 +131,8 @@ class Experiment:
             output_scale=self.output_scale,
             seed=self.cfg.run.seed,
             dtype=self.dtype,
+            fourier=self.fourier,
+            adaptive=self.adaptive,
         )
         return model.to(device)
 
@@ -169,8 +185,7 @@ class Experiment:
 
     def level_parameters(self, level: int) -> int:
         """Trainable parameters of all subdomain networks of ``level`` together."""
-        sizes = self.level_sizes[level]
-        per_network = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        per_network = network_parameters(self.level_sizes[level], self.fourier, self.adaptive)
         return self.decomposition.levels[level].n_subdomains * per_network
 
     @property

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "AdaptiveActivationConfig",
     "AdaptiveSamplingConfig",
     "BalancedConfig",
     "CausalConfig",
     "Config",
     "ConfigError",
     "DecompositionConfig",
+    "FourierConfig",
     "LBFGSConfig",
     "LevelConfig",
     "LossConfig",
@@ -113,6 +115,44 @@ class DecompositionConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class FourierConfig:
+    """Fourier-feature inputs: each subdomain network sees [sin(2πB x̂), cos(2πB x̂)] of its
+    normalised input x̂ ∈ [-1, 1]^dim instead of x̂, B [features, dim] ~ N(0, sigma²) drawn per
+    subdomain from the seed."""
+
+    features: int = 16
+    """m, frequencies per subdomain network (>= 1); the first dense layer sees 2m inputs."""
+    sigma: float = 1.0
+    """Standard deviation of B's entries (> 0), in cycles per normalised unit: a subdomain of
+    width w resolves about sigma·2/w cycles per unit length of x well."""
+    trainable: bool = False
+    """Train B (per subdomain) with the weights; false keeps it fixed at its draw."""
+
+    def __post_init__(self) -> None:
+        if self.features < 1:
+            raise ConfigError(
+                f"network.fourier.features: need at least 1 frequency, got {self.features} "
+                "(to switch Fourier features off, set network.fourier: null)"
+            )
+        _positive("network.fourier.sigma", self.sigma)
+
+
+@dataclass(kw_only=True, slots=True)
+class AdaptiveActivationConfig:
+    """Locally adaptive activations (Jagtap, Kawaguchi, Karniadakis 2020): hidden units compute
+    σ(n·a·z) with a trainable per subdomain, initialised to 1/n."""
+
+    kind: str = "none"
+    """``none``, ``layer`` (one a per hidden layer) or ``neuron`` (one a per hidden unit)."""
+    scale: float = 10.0
+    """n (> 0): scales a's gradient by n, so the slope adapts faster (the papers use n = 10)."""
+
+    def __post_init__(self) -> None:
+        _choice("network.adaptive_activation.kind", self.kind, ("none", "layer", "neuron"))
+        _positive("network.adaptive_activation.scale", self.scale)
+
+
+@dataclass(kw_only=True, slots=True)
 class NetworkConfig:
     hidden: list[int] = field(default_factory=lambda: [16])
     """Hidden layer sizes of every subdomain network."""
@@ -122,6 +162,12 @@ class NetworkConfig:
     """Un-normalisation mean per output (default: the problem's)."""
     output_scale: float | list[float] | None = None
     """Un-normalisation scale per output (default: the problem's)."""
+    fourier: FourierConfig | None = None
+    """Fourier-feature inputs, e.g. ``{features: 16, sigma: 5, trainable: false}``: each network
+    sees [sin(2πB x̂), cos(2πB x̂)] of its normalised input x̂, B [features, dim] ~ N(0, sigma²) per
+    subdomain (``trainable``: B is learnt too). null: off."""
+    adaptive_activation: AdaptiveActivationConfig = field(default_factory=AdaptiveActivationConfig)
+    """Trainable activation slopes σ(n·a·z), per hidden layer or per unit of each subdomain network."""
 
     def __post_init__(self) -> None:
         if not self.hidden or min(self.hidden) < 1:

@@ -1,23 +1,57 @@
-"""Activation functions with their derivatives of any order, as the network jets need them.
+"""Activation functions with their derivatives of any order, as the network jets need them, and
+Jagtap's adaptive slopes.
 
 ``derivatives(z, order)`` returns ``[σ(z), σ'(z), ..., σ^(order)(z)]``, differentiable in z.
-Used by :mod:`ddpinn.model.mlp`.
+:class:`AdaptiveSlope` describes locally adaptive activations σ(n·a·z) (Jagtap, Kawaguchi,
+Karniadakis 2020: layer-wise and neuron-wise), which :class:`ddpinn.model.mlp.StackedMLP`
+applies by scaling the layer's weights and bias by n·a, so the jets stay exact. Used by
+:mod:`ddpinn.model.mlp`.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ActivationKind", "Activation", "Tanh", "Sin", "make_activation"]
+__all__ = ["ActivationKind", "Activation", "AdaptiveKind", "AdaptiveSlope", "Tanh", "Sin", "make_activation"]
 
 
 class ActivationKind(StrEnum):
     TANH = "tanh"
     SIN = "sin"
+
+
+class AdaptiveKind(StrEnum):
+    """Which units share one trainable slope a: every unit of a hidden layer, or each unit alone."""
+
+    LAYER = "layer"
+    NEURON = "neuron"
+
+
+@dataclass(frozen=True)
+class AdaptiveSlope:
+    """Hidden units compute σ(n·a·z), a trainable per subdomain and per layer (``layer``) or per
+    unit (``neuron``), initialised to 1/n so that n·a = 1 at the start."""
+
+    kind: AdaptiveKind
+    scale: float
+    """n ≥ 1 in the papers: a larger n makes the slope learn faster (its gradient is n times larger)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in tuple(AdaptiveKind):
+            raise ValueError(f"network.adaptive_activation.kind: {self.kind!r} is not one of {[k.value for k in AdaptiveKind]}")
+        if not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ValueError(f"network.adaptive_activation.scale: must be > 0, got {self.scale}")
+
+    def slopes_per_layer(self, width: int) -> int:
+        """Trainable slopes of one hidden layer of ``width`` units in one network."""
+        return 1 if self.kind == AdaptiveKind.LAYER else width
 
 
 class Activation:

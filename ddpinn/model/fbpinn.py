@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ddpinn.model.activations import Activation
+from ddpinn.model.activations import Activation, AdaptiveSlope
 from ddpinn.model.batch import EvaluationBatch
+from ddpinn.model.fourier import FourierFeatures
 from ddpinn.model.mlp import StackedMLP
 
 __all__ = ["FBPINN", "own_rows"]
@@ -39,7 +40,8 @@ class FBPINN(nn.Module):
     """Subdomain networks of every level (the held subset of each) and their combination.
 
     ``held[l]``: sorted global ids of the subdomains of level l this process holds;
-    ``sizes``: layer sizes ``[dim, hidden..., n_out]`` per level.
+    ``sizes``: layer sizes ``[dim, hidden..., n_out]`` per level; ``fourier``, ``adaptive``:
+    Fourier-feature inputs and adaptive activation slopes of every network (None: off).
     """
 
     def __init__(
@@ -52,11 +54,14 @@ class FBPINN(nn.Module):
         output_scale: Sequence[float],
         seed: int,
         dtype: torch.dtype = torch.float32,
+        fourier: FourierFeatures | None = None,
+        adaptive: AdaptiveSlope | None = None,
     ) -> None:
         super().__init__()
         self.held = [np.asarray(h, dtype=np.int64) for h in held]
         self.nets = nn.ModuleList(
-            StackedMLP(len(ids), level_sizes, activation, dtype) for ids, level_sizes in zip(self.held, sizes)
+            StackedMLP(len(ids), level_sizes, activation, dtype, fourier=fourier, adaptive=adaptive)
+            for ids, level_sizes in zip(self.held, sizes)
         )
         for level, (net, ids) in enumerate(zip(self.nets, self.held)):
             net.initialise(seed, level, ids)

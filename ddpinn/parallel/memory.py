@@ -54,6 +54,7 @@ from typing import Protocol
 import torch
 
 from ddpinn.jets import JetSpec
+from ddpinn.model.fourier import FourierFeatures
 
 __all__ = [
     "MemoryEstimate", "RankCounts", "BatchCounts", "estimate_rank_memory", "batch_counts", "peak_memory_bytes",
@@ -166,28 +167,33 @@ def chain_intermediates(spec: JetSpec) -> int:
     return sum(max(len(t.block_rows) - 1, 0) for terms in spec.chain for t in terms)
 
 
-def saved_values_per_slot(sizes: tuple[int, ...], spec: JetSpec) -> int:
+def saved_values_per_slot(sizes: tuple[int, ...], spec: JetSpec, fourier: FourierFeatures | None = None) -> int:
     """Values autograd keeps between the forward and the backward pass, per slot of one level
     evaluated by :meth:`StackedMLP.jets <ddpinn.model.mlp.StackedMLP.jets>` with layer sizes
-    ``sizes`` (``[dim, hidden..., n_out]``), including the network output the window product keeps.
+    ``sizes`` (``[dim, hidden..., n_out]``) and Fourier features ``fourier``, including the network
+    output the window product keeps; not the input x_norm, which the batch holds anyway.
 
-    First hidden layer (H₁): σ(z)…σ^(m)(z). Further hidden layers (H): the input jets' value row
-    derivatives σ^(k) (m+1), the chain-rule products (c), the composed jets fed to the next
-    product (J); each layer's output jets (J·next width) are its successor's input."""
-    hidden, jets, order = sizes[1:-1], len(spec), spec.max_order
-    if jets == 1:  # values only: each hidden layer keeps σ(z) for the next product
-        return sum(hidden) + sizes[-1]
-    values = (order + 1) * hidden[0] + jets * sizes[2]
+    Input layer of U units (the first hidden layer, or the 2f Fourier features): σ(z)…σ^(m)(z).
+    Further hidden layers (H): the input jets' value row derivatives σ^(k) (m+1), the chain-rule
+    products (c), the composed jets fed to the next product (J); each layer's output jets
+    (J·next width) are its successor's input. Trained Fourier frequencies add θ (f values)."""
+    units = ([fourier.width] if fourier is not None else []) + list(sizes[1:-1])
+    next_widths = units[1:] + [sizes[-1]]
+    jets, order = len(spec), spec.max_order
+    theta = fourier.features if fourier is not None and fourier.trainable else 0
+    if jets == 1:  # values only: each layer keeps its input for the next product
+        return theta + sum(units) + sizes[-1]
+    values = theta + (order + 1) * units[0] + jets * next_widths[0]
     c = chain_intermediates(spec)
-    for width, next_width in zip(hidden[1:], sizes[3:]):
+    for width, next_width in zip(units[1:], next_widths[1:]):
         values += (order + 1 + c + jets) * width + jets * next_width
     return values
 
 
-def transient_values_per_slot(sizes: tuple[int, ...], spec: JetSpec) -> int:
+def transient_values_per_slot(sizes: tuple[int, ...], spec: JetSpec, fourier: FourierFeatures | None = None) -> int:
     """Temporaries per slot of the level the backward pass is in: the window product's
     broadcast ([J, J, n_out]) and gradients about as large as the level's saved values."""
-    return len(spec) ** 2 * sizes[-1] + saved_values_per_slot(sizes, spec)
+    return len(spec) ** 2 * sizes[-1] + saved_values_per_slot(sizes, spec, fourier)
 
 
 def point_values(spec: JetSpec, n_out: int) -> int:
@@ -246,8 +252,9 @@ def estimate_rank_memory(exp, workload: RankCounts, device_kind: str = "cpu", *,
     largest_transient = 0.0
     for l, n_slots in slots.items():
         sizes = exp.level_sizes[l]
-        level_transient = n_slots * transient_values_per_slot(sizes, spec) * size
-        parts[f"activations level {l + 1}"] = n_slots * saved_values_per_slot(sizes, spec) * size + resident * level_transient
+        level_transient = n_slots * transient_values_per_slot(sizes, spec, exp.fourier) * size
+        saved = saved_values_per_slot(sizes, spec, exp.fourier)
+        parts[f"activations level {l + 1}"] = n_slots * saved * size + resident * level_transient
         largest_transient = max(largest_transient, level_transient)
     parts["step transient"] = (1 - resident) * largest_transient + n_eval * point_values(spec, n_out) * size
 
@@ -292,7 +299,8 @@ def _test_set(exp, workload: RankCounts, n_own: int, size: int) -> tuple[float, 
     chunk_share = min(1.0, exp.cfg.sampling.test_chunk / test_points)
     resident = all_bytes if all_bytes <= TEST_CACHE_BYTES else chunk_share * all_bytes
     evaluation = chunk_share * max(
-        (n * 2 * saved_values_per_slot(exp.level_sizes[l], value_spec) * size for l, n in test_slots.items()), default=0.0
+        (n * 2 * saved_values_per_slot(exp.level_sizes[l], value_spec, exp.fourier) * size for l, n in test_slots.items()),
+        default=0.0,
     )
     build = chunk_share * max(test_slots.values(), default=0.0) / SLOTS_PER_PAIR * build_bytes_per_pair(dim, 1, size)
     return resident, evaluation, build

@@ -14,9 +14,12 @@ Layout of ``checkpoint.h5``::
     problem/<name>, problem/adam_m/<name>, ...         trainable problem parameters, shape [1]
     every dataset: attr sha256
 
-A parameter's *name* is ``level_<l>/W<k>`` / ``level_<l>/b<k>`` (layer k, levels counted from 1)
-or ``problem/<name>``; its optimiser state lives under ``<group>/<state>/<leaf>``
-(:class:`ArrayKey`). Adam and L-BFGS state are matched to parameters by these names.
+A parameter's *name* is ``level_<l>/W<k>`` / ``level_<l>/b<k>`` (layer k, levels counted from 1),
+``level_<l>/a<k>`` (adaptive slope of hidden layer k), ``level_<l>/B`` (Fourier frequencies; stored
+without optimiser state when they are fixed) or ``problem/<name>``; its optimiser state lives under
+``<group>/<state>/<leaf>`` (:class:`ArrayKey`). Adam and L-BFGS state are matched to parameters by
+these names. The level names come from :meth:`StackedMLP.checkpoint_tensors
+<ddpinn.model.mlp.StackedMLP.checkpoint_tensors>`.
 
 Integrity: each dataset carries the SHA-256 of its key, dtype, shape and bytes; the root
 attributes carry one digest each (``attr_sha256``), and ``datasets`` lists what must be there.
@@ -130,13 +133,20 @@ class ParamGroup:
     params: list[tuple[str, torch.nn.Parameter]]
     """(leaf name, parameter): ``("W0", ...)``; the full name is ``prefix/leaf``."""
     contribute: bool
+    fixed: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    """(leaf name, tensor) stored and restored like the parameters but not trained, so without
+    optimiser state: the fixed Fourier frequencies ``B``."""
 
     def named(self) -> dict[str, torch.nn.Parameter]:
         return {f"{self.prefix}/{leaf}": p for leaf, p in self.params}
 
+    def named_fixed(self) -> dict[str, torch.Tensor]:
+        return {f"{self.prefix}/{leaf}": t for leaf, t in self.fixed}
 
-def _level_params(net: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(f"W{k}", w) for k, w in enumerate(net.weights)] + [(f"b{k}", b) for k, b in enumerate(net.biases)]
+
+def _level_group(level: int, ids: np.ndarray, net: torch.nn.Module, contribute: bool) -> ParamGroup:
+    trained, fixed = net.checkpoint_tensors()
+    return ParamGroup(f"level_{level + 1}", ids, trained, contribute, fixed)
 
 
 def param_groups(
@@ -144,8 +154,7 @@ def param_groups(
 ) -> list[ParamGroup]:
     """The checkpoint's view of a process's parameters: one group per level, then the problem's."""
     groups = [
-        ParamGroup(f"level_{level + 1}", model.held[level], _level_params(net), owned_levels[level])
-        for level, net in enumerate(model.nets)
+        _level_group(level, model.held[level], net, owned_levels[level]) for level, net in enumerate(model.nets)
     ]
     if trainables is not None and len(list(trainables.parameters())):
         groups.append(ParamGroup("problem", np.zeros(1, dtype=np.int64), list(trainables.named_values()), is_root))
@@ -202,6 +211,8 @@ def _local_arrays(groups: list[ParamGroup], adam: torch.optim.Optimizer | None, 
                 # one row per subdomain; a 0-d problem parameter becomes one row of shape [1]
                 rows = t.detach().cpu().numpy().reshape(len(group.ids), *t.shape[1:] if t.dim() else ())
                 out[str(key)] = (group.ids, rows)
+        for name, t in group.named_fixed().items():
+            out[name] = (group.ids, t.detach().cpu().numpy())
     return out
 
 
@@ -445,8 +456,8 @@ def points_in_block(ckpt: Checkpoint, block) -> dict[str, dict[str, np.ndarray]]
 
 
 def restore(ckpt: Checkpoint, groups: list[ParamGroup], adam: torch.optim.Optimizer | None) -> LBFGSState:
-    """Load the held parameters and optimiser state of ``groups`` (rows picked by global id,
-    state matched by parameter name). Every array is checked against its parameter first, so a
+    """Load the held parameters, fixed tensors and optimiser state of ``groups`` (rows picked by
+    global id, state matched by parameter name). Every array is checked against its parameter first, so a
     checkpoint that does not fit changes nothing."""
     values: dict[str, torch.Tensor] = {}
     moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -464,6 +475,8 @@ def restore(ckpt: Checkpoint, groups: list[ParamGroup], adam: torch.optim.Optimi
         return torch.from_numpy(rows).reshape(like.shape).to(like)
 
     for group in groups:
+        for name, t in group.named_fixed().items():
+            values[name] = load(ArrayKey(name), group.ids, t)
         for name, p in group.named().items():
             values[name] = load(ArrayKey(name), group.ids, p)
             if adam is not None and str(ArrayKey(name, "adam_m")) in ckpt.arrays:
@@ -476,6 +489,8 @@ def restore(ckpt: Checkpoint, groups: list[ParamGroup], adam: torch.optim.Optimi
 
     with torch.no_grad():
         for group in groups:
+            for name, t in group.named_fixed().items():
+                t.copy_(values[name])
             for name, p in group.named().items():
                 p.copy_(values[name])
                 if name in moments:

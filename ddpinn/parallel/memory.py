@@ -18,8 +18,10 @@ times bytes per slot, plus arrays over points, plus the parameters:
   σ(z)…σ^(m)(z) ((m+1)·H₁ values; its jets are folded into the next layer's weights), every
   further hidden layer keeps its input jets, σ^(k) of its value row, the Faà di Bruno products
   and the composed jets ((J + m + 1 + c)·H, c the spec's chain-rule intermediates), and the
-  network output (J·n_out) is kept by the window product. Every level's are alive at once
-  (the backward pass starts after the last level's forward).
+  network output (J·n_out) is kept by the window product. With Fourier features (f frequencies)
+  the 2f features are the folded input layer and the first hidden layer takes the generic path;
+  trained frequencies add θ (f values). Every level's are alive at once (the backward pass starts
+  after the last level's forward).
 * **step transient** — the gradients and temporaries of the level the backward pass is in: the
   window-product broadcast (J²·n_out) and about one more set of the level's activations; only
   the largest level's count, since levels are differentiated one after another. On CPU a

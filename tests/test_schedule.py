@@ -3,14 +3,27 @@ and training with roles (dropped points, fixed contributions, masked Adam, resum
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 
+import h5py
 import numpy as np
 import pytest
+import torch
+from helpers import write_yaml
 
 from ddpinn.build import build_experiment
+from ddpinn.cli import main
 from ddpinn.config import ConfigError, load_config
+from ddpinn.geometry import Block
+from ddpinn.model.batch import build_batch
+from ddpinn.parallel.batching import BatchFactory
+from ddpinn.parallel.comm import LocalComm
+from ddpinn.parallel.layout import ParallelLayout
 from ddpinn.schedule import Role
+from ddpinn.train.masked_adam import MaskedAdam
+from ddpinn.train.scheduled import kept_points, phase_batch
+from ddpinn.train.trainer import Trainer
 
 BURGERS = {
     "problem": {"name": "burgers"},
@@ -47,7 +60,7 @@ def test_sweep_roles_follow_the_band():
     # global id i*4 + j has t-index j). Band 0.5 wide moving by 0.25 every 10 steps: 3 positions.
     s = experiment(WAVE, {"kind": "sweep", "axis": "t", "width": 0.5, "stride": 0.25, "every": 10}).schedule
     assert not s.all_active and s.transitions() == [10, 20]
-    by_t = lambda roles: roles[2].reshape(4, 4)[0].tolist()  # noqa: E731 - t-profile of level 3
+    by_t = lambda roles: roles[2].reshape(4, 4)[0].tolist()
     A, F, O = Role.ACTIVE, Role.FIXED, Role.OFF
     assert by_t(s.roles_at(0)) == [A, A, O, O]            # band [0, 0.5]
     assert by_t(s.roles_at(10)) == [F, A, A, O]           # band [0.25, 0.75]
@@ -172,22 +185,6 @@ def test_bad_user_schedulers_are_config_errors(tmp_path, kind, fragments):
 
 
 # ----------------------------------------------------------------------------- training with roles
-import shutil  # noqa: E402 - the training half of the file
-
-import h5py  # noqa: E402
-import torch  # noqa: E402
-
-from ddpinn.cli import main  # noqa: E402
-from ddpinn.geometry import Block  # noqa: E402
-from ddpinn.model.batch import build_batch  # noqa: E402
-from ddpinn.parallel.batching import BatchFactory  # noqa: E402
-from ddpinn.parallel.comm import LocalComm  # noqa: E402
-from ddpinn.parallel.layout import ParallelLayout  # noqa: E402
-from ddpinn.train.masked_adam import MaskedAdam  # noqa: E402
-from ddpinn.train.scheduled import kept_points, phase_batch  # noqa: E402
-from ddpinn.train.trainer import Trainer  # noqa: E402
-from helpers import write_yaml  # noqa: E402
-
 SWEEP = {"kind": "sweep", "width": 0.5, "stride": 0.25, "every": 10, "levels": [2, 3]}
 
 

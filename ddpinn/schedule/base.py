@@ -13,6 +13,7 @@ roles for every subdomain (by global id), so no communication is needed to agree
 from __future__ import annotations
 
 import bisect
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -124,7 +125,7 @@ class SubdomainSchedule(ABC):
     def phases(self) -> list[tuple[int, int]]:
         """The Adam phases as ``(first step, end step)`` pairs, end exclusive."""
         marks = [0, *self.transitions(), self.adam_steps]
-        return [(a, b) for a, b in zip(marks, marks[1:]) if b > a]
+        return [(a, b) for a, b in itertools.pairwise(marks) if b > a]
 
     def active_steps(self) -> list[np.ndarray]:
         """Per level: ``[n_subdomains]`` Adam steps during which each subdomain is ACTIVE (what a

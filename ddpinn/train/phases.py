@@ -17,9 +17,9 @@ from torch import Tensor
 
 from ddpinn.config import Config
 from ddpinn.model.batch import EvaluationBatch
+from ddpinn.schedule import SubdomainSchedule
 from ddpinn.train.diagnose import FiniteGuard
 from ddpinn.train.engine import LossEngine
-from ddpinn.schedule import SubdomainSchedule
 from ddpinn.train.lbfgs import LBFGS, LBFGSState
 from ddpinn.train.masked_adam import MaskedAdam
 from ddpinn.train.schedules import learning_rate

@@ -19,6 +19,7 @@ import yaml
 
 from ddpinn.build import Experiment
 from ddpinn.config import to_dict
+from ddpinn.discovery import make_alternation
 from ddpinn.io.outputs import MetricsLog, Progress, format_duration
 from ddpinn.io.rundir import write_text_atomic
 from ddpinn.model.batch import EvaluationBatch
@@ -89,6 +90,7 @@ class Trainer:
         self.model = parallelize_model(exp.make_model(layout.held(comm.rank), device), layout=layout, comm=comm)
         self.trainables = TrainableParameters(exp.problem, exp.dtype, device)
         self.objective = Objective(exp.problem, exp.spec)
+        self.alternation = make_alternation(exp, self.objective, comm, device)  # equation discovery: refits ξ
         self.sync = GradientSync(self.model, layout, comm, extra_replicated=list(self.trainables.parameters()))
         self.batches = BatchFactory(exp, layout, comm, device)
         self.weighting = make_weighting(WeightingContext(
@@ -125,7 +127,7 @@ class Trainer:
         if step >= self.exp.total_steps and (self.run_dir / "summary.json").exists():
             self.progress.message(f"the run is already at step {step}; raise train.steps to continue it")
             summary = json.loads((self.run_dir / "summary.json").read_text())
-            errors = TestErrors(**summary["errors"]) if summary.get("errors") else None
+            errors = TestErrors.from_dict(summary["errors"]) if summary.get("errors") else None
             return TrainingResult(step, summary["loss"], errors, 0.0, 0.0)
         total = self.exp.total_steps
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_root, resume_step=step if resume else None)
@@ -138,6 +140,7 @@ class Trainer:
                 self._rebalance_if_needed(step)
             terms = self.train_step(step, self.points.batch)
             step += 1
+            self.alternation.after_step(step, self.model, self.points.batch)
             evaluate = step == total or (self.cfg.train.eval_every and step % self.cfg.train.eval_every == 0)
             log = evaluate or step % self.cfg.train.log_every == 0
             save = step == total or (self.cfg.train.checkpoint_every and step % self.cfg.train.checkpoint_every == 0)
@@ -225,6 +228,8 @@ class Trainer:
                 f"{k} {v:.4g}" + (f" ({100 * record['problem_rel_error'][k]:.2f}% off)" if k in record["problem_rel_error"] else "")
                 for k, v in record["problem"].items()
             ))
+        if equation := self.alternation.log(record):
+            extra.append(equation)
         metrics.write(record)
         self.progress.line(step, record["loss"], rate, errors.as_dict() if errors else None, " | ".join(extra))
 
@@ -273,6 +278,7 @@ class Trainer:
             self.weighting.load_global_state(
                 {k.split("/", 1)[1]: v for k, v in checkpoint.arrays.items() if k.startswith("weighting/")}
             )
+            self.alternation.load_global_state(checkpoint.arrays)
         note = self.points.start(checkpoint.step if checkpoint else 0, checkpoint)
         if note and self.is_root:
             print(f"ddpinn: warning: {note}", file=sys.stderr, flush=True)
@@ -314,7 +320,8 @@ class Trainer:
             adam=self.phases.adam.optimizer,
             lbfgs=self.phases.lbfgs.state,
             point_rows=self.points.arrays(),
-            global_arrays={f"weighting/{k}": v for k, v in self.weighting.global_state().items()},
+            global_arrays={**{f"weighting/{k}": v for k, v in self.weighting.global_state().items()},
+                           **self.alternation.global_state()},
         )
         if note:
             print(f"ddpinn: warning: {note}", file=sys.stderr, flush=True)
@@ -348,4 +355,5 @@ class Trainer:
         if errors:
             msg += f", rel L2 {errors.rel_l2:.3e}, L1 {errors.l1:.3e}, normalised L1 {errors.normalised_l1:.3e}"
         self.progress.message(msg)
+        summary.update(self.alternation.summary())
         write_final_outputs(self.run_dir, self.exp, self.comm, test, self.predict, errors, summary, self.progress.message)

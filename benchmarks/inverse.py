@@ -1,0 +1,284 @@
+"""Inverse-problem benchmark (issue 9): cases that learn something unknown from noisy data.
+
+    case                  config (full; --quick)                                 what is reported
+    burgers_discovery     configs/burgers_discovery.yaml; _quick                 ξ of u_t = Σ ξ_k θ_k per noise level
+                          (1% and 10% noise)                                     and seed; support exact?; extra and
+                                                                                 missed terms
+    burgers_discovery_ranks  the quick config, shortened, on 1 and 2 ranks       max |Δξ| / |ξ| and max loss difference
+                          (mpiexec -n 2)
+
+Every run is ``ddpinn train CONFIG --set ...`` in a subprocess (the command is stored with its
+rows), with ``run.threads=1``, into ``OUT/runs/<case>_<variant>_seed<k>``. Writes the rows
+``{case, quantity, value, truth, rel_err}`` (plus ``seed``, ``variant``, ``command``) to the JSON
+file, a coefficient table (``OUT/inverse.md``, also printed) and ``OUT/inverse_discovery.png`` (ξ
+over the alternations, one panel per noise level). In full mode each true coefficient's rel_err
+is also summarised over seeds (quantity ``... median``, ``... min``, ``... max``).
+
+    python benchmarks/inverse.py --quick          # <= 10 min on 2 cores: one seed, fewer steps
+    python benchmarks/inverse.py                  # full settings, seeds 0 1 2
+    python benchmarks/inverse.py --only burgers_discovery --seeds 0 1 2 3 4
+
+Defaults: ``--quick`` writes ``results/inverse.json`` and ``results/inverse_quick/``; full mode
+``results/inverse_full.json`` and ``results/inverse/``. The targets (1% noise: exactly the true
+terms, each coefficient within 2%) are judged on the median over seeds in full mode only; a quick
+run shows its figures, marked not judged. Other cases of issue 9 add themselves to ``CASES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+FULL_SEEDS = (0, 1, 2)
+QUICK_SEEDS = (0,)
+NOISE_LEVELS = {"noise1pct": 0.01, "noise10pct": 0.10}
+COEFFICIENT_TARGET = 0.02
+"""1% noise: every true coefficient within 2% (issue 9), and exactly the true terms."""
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    quantity: str
+    value: float
+    truth: float | None = None
+    rel_err: float | None = None
+    seed: int | None = None
+    variant: str = ""
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class Case:
+    """A benchmark case: ``run(case, args)`` trains what it needs and returns its rows."""
+
+    key: str
+    run: Callable[[Case, argparse.Namespace], list[Row]]
+    full_config: str | None
+    quick_config: str
+    overrides: dict[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- running
+def train(config: Path, run_dir: Path, overrides: dict[str, str], ranks: int = 1) -> tuple[dict, list[dict], str]:
+    """``ddpinn train`` into ``run_dir`` (overwriting), on ``ranks`` processes (mpiexec beyond 1):
+    the run's summary.json, its metrics records and the command line."""
+    sets = {**overrides, "run.output_dir": str(run_dir.parent), "run.name": run_dir.name, "run.threads": "1"}
+    args = ["-m", "ddpinn.cli", "train", str(config), "--overwrite"]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    cmd = [sys.executable, *args] if ranks == 1 else [_mpiexec(), "-n", str(ranks), sys.executable, *args]
+    command = shlex.join(["ddpinn", *args[2:]] if ranks == 1 else ["mpiexec", "-n", str(ranks), "ddpinn", *args[2:]])
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0:
+        raise SystemExit(f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return summary, metrics, command
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _mpiexec() -> str:
+    local = Path(sys.executable).with_name("mpiexec")
+    if local.exists():
+        return str(local)
+    import shutil
+
+    found = shutil.which("mpiexec")
+    if found is None:
+        raise SystemExit("the 2-rank case needs mpiexec (mpich or Open MPI)")
+    return found
+
+
+def config_of(case: Case, args: argparse.Namespace) -> Path:
+    return CONFIGS / (case.quick_config if args.quick or case.full_config is None else case.full_config)
+
+
+# ----------------------------------------------------------------------------- discovery
+def discovery_rows(case: str, variant: str, seed: int, found: dict, command: str) -> list[Row]:
+    """One row per true coefficient (value, truth, rel_err), per extra term (value, truth 0), and
+    the support verdict (1: exactly the true terms) and term counts."""
+    truth, coefficients = found.get("truth", {}), found["coefficients"]
+    common = {"case": case, "seed": seed, "variant": variant, "command": command}
+    rows = [Row(quantity=f"xi[{k}]", value=coefficients.get(k, 0.0), truth=v, rel_err=found["rel_error"][k], **common)
+            for k, v in truth.items()]
+    rows += [Row(quantity=f"xi[{k}]", value=coefficients[k], truth=0.0, **common) for k in found["extra"]]
+    rows += [
+        Row(quantity="support exact", value=float(not found["extra"] and not found["missed"]), truth=1.0, **common),
+        Row(quantity="extra terms", value=float(len(found["extra"])), truth=0.0, **common),
+        Row(quantity="missed terms", value=float(len(found["missed"])), truth=0.0, **common),
+    ]
+    return rows
+
+
+def spread_rows(rows: list[Row]) -> list[Row]:
+    """Median, min and max over seeds of each true coefficient's rel_err, per (case, variant)."""
+    out = []
+    keys = sorted({(r.case, r.variant, r.quantity) for r in rows if r.rel_err is not None and r.seed is not None})
+    for case, variant, quantity in keys:
+        errors = [r.rel_err for r in rows if (r.case, r.variant, r.quantity) == (case, variant, quantity)]
+        for name, value in (("median", np.median(errors)), ("min", min(errors)), ("max", max(errors))):
+            out.append(Row(case, f"{quantity} rel_err {name}", float(value), variant=variant))
+    return out
+
+
+def run_discovery(case: Case, args: argparse.Namespace) -> list[Row]:
+    config = config_of(case, args)
+    rows: list[Row] = []
+    for variant, noise in NOISE_LEVELS.items():
+        for seed in args.seeds:
+            run_dir = args.out / "runs" / f"{case.key}_{variant}_seed{seed}"
+            overrides = {"problem.params.noise": str(noise), "problem.params.data_seed": str(seed),
+                         "run.seed": str(seed), **case.overrides}
+            t0 = time.perf_counter()
+            summary, _, command = train(config, run_dir, overrides)
+            found = summary["discovery"]
+            print(f"{case.key} {variant} seed {seed}: {found['equation']}  ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+            rows += discovery_rows(case.key, variant, seed, found, command)
+            args.histories[(variant, seed)] = found["fits"]
+    return rows + (spread_rows(rows) if len(args.seeds) > 1 else [])
+
+
+def run_discovery_ranks(case: Case, args: argparse.Namespace) -> list[Row]:
+    """The same short discovery run on 1 and on 2 ranks: the largest relative difference of any
+    ξ_k over all fits, and of the loss over all logged steps."""
+    config = CONFIGS / case.quick_config
+    results = {}
+    for ranks in (1, 2):
+        run_dir = args.out / "runs" / f"{case.key}_{ranks}rank"
+        results[ranks] = train(config, run_dir, case.overrides, ranks=ranks)
+    (one, m1, c1), (two, m2, c2) = results[1], results[2]
+    diffs = []
+    for a, b in zip(one["discovery"]["fits"], two["discovery"]["fits"], strict=True):
+        if a["coefficients"].keys() != b["coefficients"].keys():
+            diffs.append(float("inf"))
+        diffs += [abs(b["coefficients"][k] - v) / abs(v) for k, v in a["coefficients"].items() if k in b["coefficients"]]
+    loss = max(abs(b["loss"] - a["loss"]) / abs(a["loss"]) for a, b in zip(m1, m2, strict=True))
+    print(f"{case.key}: 1 rank {one['discovery']['equation']}; 2 ranks {two['discovery']['equation']}", flush=True)
+    return [
+        Row(case.key, "max rel diff xi (2 ranks vs 1, every fit)", max(diffs), truth=0.0, command=c2),
+        Row(case.key, "max rel diff loss (2 ranks vs 1, every log)", loss, truth=0.0, command=c2),
+        Row(case.key, "fits", float(len(one["discovery"]["fits"])), command=c1),
+    ]
+
+
+RANKS_OVERRIDES = {"train.steps": "300", "problem.params.warmup": "100", "problem.params.every": "50",
+                   "problem.params.observations": "[64, 32]", "run.dtype": "float64",
+                   "train.log_every": "50", "train.eval_every": "0", "run.plots": "false"}
+
+CASES = [
+    Case("burgers_discovery", run_discovery, "burgers_discovery.yaml", "burgers_discovery_quick.yaml"),
+    Case("burgers_discovery_ranks", run_discovery_ranks, None, "burgers_discovery_quick.yaml", RANKS_OVERRIDES),
+]
+
+
+# ----------------------------------------------------------------------------- reports
+def table(rows: list[Row], quick: bool) -> str:
+    """Markdown: one line per (case, variant, seed) of the discovery cases with each true
+    coefficient, its rel error, the extra terms and the verdict on the 1% target."""
+    lines = ["| case | noise | seed | coefficients (rel err) | extra terms | 1% target |", "|---|---|---|---|---|---|"]
+    runs = sorted({(r.case, r.variant, r.seed) for r in rows if r.quantity.startswith("xi[") and r.seed is not None})
+    for case, variant, seed in runs:
+        mine = [r for r in rows if (r.case, r.variant, r.seed) == (case, variant, seed)]
+        true = ", ".join(f"{r.quantity[3:-1]} {r.value:.5g} ({100 * r.rel_err:.2f}%)" for r in mine if r.rel_err is not None)
+        extra = ", ".join(f"{r.quantity[3:-1]} {r.value:.3g}" for r in mine if r.truth == 0.0 and r.quantity.startswith("xi["))
+        exact = next(r.value for r in mine if r.quantity == "support exact")
+        within = all(r.rel_err <= COEFFICIENT_TARGET for r in mine if r.rel_err is not None)
+        verdict = "-" if variant != "noise1pct" else ("met" if exact and within else "missed")
+        if quick and variant == "noise1pct":
+            verdict += " (quick: not judged)"
+        lines.append(f"| {case} | {variant} | {seed} | {true} | {extra or 'none'} | {verdict} |")
+    others = [r for r in rows if not r.quantity.startswith("xi[") and r.seed is None]
+    if others:
+        lines += ["", "| case | quantity | value |", "|---|---|---|"]
+        lines += [f"| {r.case} | {r.quantity}{' ' + r.variant if r.variant else ''} | {r.value:.3g} |" for r in others]
+    return "\n".join(lines)
+
+
+def plot_histories(histories: dict, truth: dict[str, float], path: Path) -> None:
+    """ξ_k against the Adam step of each fit, one panel per noise level (seeds overlaid), the
+    true values dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = sorted({v for v, _ in histories})
+    fig, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 4), squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        for (v, seed), fits in sorted(histories.items()):
+            if v != variant:
+                continue
+            names = sorted({k for f in fits for k in f["coefficients"]} | set(truth))
+            steps = [f["step"] for f in fits]
+            for i, name in enumerate(names):
+                values = [f["coefficients"].get(name, 0.0) for f in fits]
+                scale = abs(truth[name]) if truth.get(name) else 1.0
+                ax.plot(steps, np.asarray(values) / scale, f"C{i}", alpha=0.8,
+                        label=f"{name}" + (f" / {truth[name]:.3g}" if name in truth else "") if seed == min(
+                            s for vv, s in histories if vv == variant) else None)
+        for name, v in truth.items():
+            ax.axhline(np.sign(v), color="k", ls="--", lw=0.8)
+        ax.set(title=f"Burgers, {variant}", xlabel="Adam step", ylabel="ξ_k / |ξ_k true| (others: ξ_k)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="<= 10 min on 2 cores: one seed, the _quick configs")
+    p.add_argument("--seeds", nargs="+", type=int, help=f"default {list(FULL_SEEDS)}; --quick {list(QUICK_SEEDS)}")
+    p.add_argument("--only", nargs="+", metavar="CASE", choices=[c.key for c in CASES], help="cases to run")
+    p.add_argument("--out", type=Path, help="runs, table and plot (default results/inverse[_quick])")
+    p.add_argument("--json", type=Path, help="the rows (default results/inverse.json with --quick, else inverse_full.json)")
+    args = p.parse_args(argv)
+    args.seeds = args.seeds or list(QUICK_SEEDS if args.quick else FULL_SEEDS)
+    args.out = args.out or REPO / "results" / ("inverse_quick" if args.quick else "inverse")
+    args.json = args.json or REPO / "results" / ("inverse.json" if args.quick else "inverse_full.json")
+    args.histories = {}
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows: list[Row] = []
+    for case in CASES:
+        if args.only and case.key not in args.only:
+            continue
+        rows += case.run(case, args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    text = table(rows, args.quick)
+    (args.out / "inverse.md").write_text(text + "\n")
+    print(text)
+    if args.histories:
+        truth = {r.quantity[3:-1]: r.truth for r in rows if r.rel_err is not None and r.quantity.startswith("xi[")}
+        plot_histories(args.histories, truth, args.out / "inverse_discovery.png")
+    print(f"wrote {args.json} and {args.out} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

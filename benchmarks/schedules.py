@@ -116,11 +116,11 @@ CASES = (
         Method("plain", OMEGA_80),
         Method("fourier", {**OMEGA_80, "network.fourier": "{features: 16, sigma: 1.0}"}),
         Method("adaptive", {**OMEGA_80, "network.adaptive_activation": "{kind: layer}"}),
-    ), quick={"train.steps": "1500", "train.eval_every": "250", "train.log_every": "250"}),
+    ), quick={"train.steps": "1000", "train.eval_every": "250", "train.log_every": "250"}),
     Case("ranks", "P6 Burgers sweep on 2 ranks", "burgers_quick", (
         Method("sweep, schedule-aware grid", sweep(), ranks=2),
         Method("sweep, time cut", {**sweep(), "parallel.partition_axes": "[t]"}, ranks=2),
-    ), quick={"sampling.n": "[50, 50]", "train.steps": "600", "train.eval_every": "600", "train.log_every": "50"},
+    ), quick={"sampling.n": "[50, 50]", "train.steps": "400", "train.eval_every": "400", "train.log_every": "25"},
          full={"train.steps": "2000", "train.eval_every": "2000", "train.log_every": "50"}, seeds_full=False),
 )
 
@@ -175,10 +175,10 @@ class Row:
     case: str
     schedule: str
     seed: int
-    steps: int
-    rel_l2: float
+    steps: int | None
+    rel_l2: float | None  # None: the run failed (``error``)
     wall_s: float  # the command, start to its last line
-    train_s: float  # the training loop (summary.json)
+    train_s: float | None  # the training loop (summary.json)
     ranks: int
     phase_ms: list[dict]  # per schedule phase: {start, end, ms_per_step}
     curve: list[dict]  # {step, rel_l2} at each evaluation
@@ -188,6 +188,7 @@ class Row:
     command: str
     run_dir: str
     ddpinn_commit: str
+    error: str | None = None  # the failed command's last stderr lines
 
 
 def phase_times(records: list[dict], phases: tuple[tuple[int, int], ...]) -> list[dict]:
@@ -218,19 +219,26 @@ def run(job: Job, *, quick: bool, commit: str) -> Row:
         t0 = time.perf_counter()
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"{label} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    mode = "quick" if quick else "full"
+    if done.returncode != 0:  # recorded and skipped past: the other runs still report
+        error = "\n".join(done.stderr.strip().splitlines()[-3:])
+        print(f"{label} FAILED ({done.returncode}) after {wall:.0f} s: {error}", flush=True)
+        return Row(job.case, job.method, job.seed, None, None, wall, None, job.ranks, [], [], mode, job.config,
+                   list(job.overrides), job.command, str(job.run_dir), commit, error)
     summary = json.loads((job.run_dir / "summary.json").read_text())
     records = read_metrics(job.run_dir / "metrics.jsonl")
     curve = [{"step": r["step"], "rel_l2": r["rel_l2"]} for r in records if "rel_l2" in r]
     print(f"{label} {summary['step']} steps in {wall:.0f} s: rel L2 {curve[-1]['rel_l2']:.3e}", flush=True)
     return Row(job.case, job.method, job.seed, summary["step"], curve[-1]["rel_l2"], wall, summary["train_seconds"],
-               job.ranks, phase_times(records, job.phases), curve, "quick" if quick else "full", job.config,
+               job.ranks, phase_times(records, job.phases), curve, mode, job.config,
                list(job.overrides), job.command, str(job.run_dir), commit)
 
 
 # ----------------------------------------------------------------------------- reports
-def _spread(values: list[float], fmt: str) -> str:
+def _spread(values: list[float | None], fmt: str) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "failed"
     s = Spread.of(values)
     return format(s.median, fmt) if s.min == s.max else f"{format(s.median, fmt)} ({format(s.min, fmt)}–{format(s.max, fmt)})"
 
@@ -252,6 +260,7 @@ def markdown(rows: list[Row], header: str) -> str:
                      f"| {mine[0].steps} | {_spread([r.rel_l2 for r in mine], '.2e')} | "
                      f"{_spread([r.wall_s for r in mine], '.0f')} | {_spread([r.train_s for r in mine], '.0f')} | "
                      f"{wall / base:.2f} | {phases} |")
+    lines += [f"- FAILED: {titles.get(r.case, r.case)}, {r.schedule}, seed {r.seed}: {r.error}" for r in rows if r.error]
     lines += ["", "Rerun a row (seed 0):", ""]
     lines += [f"- {titles.get(c, c)}, {s}: `{mine[0].command}`" for (c, s), mine in groups.items()]
     return "\n".join(lines) + "\n"
@@ -269,7 +278,7 @@ def plot(rows: list[Row], path: Path) -> Path | None:
     cases = [c for c in CASES if any(r.case == c.key for r in rows)]
     fig, axes = plt.subplots(1, len(cases), figsize=(4.3 * len(cases), 3.8), squeeze=False)
     for ax, case in zip(axes[0], cases):
-        mine = [r for r in rows if r.case == case.key]
+        mine = [r for r in rows if r.case == case.key and r.error is None]
         methods = list(dict.fromkeys(r.schedule for r in mine))
         for colour, method in enumerate(methods):
             runs = [r for r in mine if r.schedule == method]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -80,18 +81,12 @@ def train(config: Path, run_dir: Path, overrides: dict[str, str], ranks: int = 1
         args += ["--set", f"{key}={value}"]
     cmd = [sys.executable, *args] if ranks == 1 else [_mpiexec(), "-n", str(ranks), sys.executable, *args]
     command = shlex.join(["ddpinn", *args[2:]] if ranks == 1 else ["mpiexec", "-n", str(ranks), "ddpinn", *args[2:]])
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
         raise SystemExit(f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return summary, metrics, command
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def _mpiexec() -> str:

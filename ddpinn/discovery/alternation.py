@@ -20,7 +20,7 @@ from ddpinn.model.batch import EvaluationBatch
 from ddpinn.parallel.comm import Communicator
 from ddpinn.problems.base import Derivatives
 
-__all__ = ["Alternation", "NoAlternation", "make_alternation", "format_equation", "compare_with_truth"]
+__all__ = ["Alternation", "NoAlternation", "compare_with_truth", "format_equation", "make_alternation"]
 
 STATE_PREFIX = "discovery/"
 """Checkpoint arrays: ``discovery/xi/<term name>`` (one value each) and ``discovery/active``."""

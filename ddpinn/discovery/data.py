@@ -18,7 +18,7 @@ import torch
 from ddpinn.geometry import Box
 from ddpinn.problems.base import ProblemError
 
-__all__ = ["Observations", "read_observations", "sample_exact", "check_observations"]
+__all__ = ["Observations", "check_observations", "read_observations", "sample_exact"]
 
 
 @dataclass(frozen=True, eq=False)

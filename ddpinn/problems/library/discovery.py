@@ -22,7 +22,7 @@ from ddpinn.geometry import Box, GeometryError
 from ddpinn.problems.base import Constraint, Points, Problem, ProblemError
 from ddpinn.problems.registry import make_problem, register
 
-__all__ = ["EquationDiscovery", "KNOWN_EQUATIONS"]
+__all__ = ["KNOWN_EQUATIONS", "EquationDiscovery"]
 
 KNOWN_EQUATIONS = {
     "burgers": lambda p: {"u*u_x": -1.0, "u_xx": p.nu},

@@ -50,6 +50,15 @@ CASES = {
         "sampling": {"method": "sobol", "n": 256, "test_n": [20, 10]},
         "parallel": {"level_policy": ["replicated", "partitioned"]},
     },
+    # Trained Fourier frequencies and neuron-wise activation slopes, per subdomain like the weights.
+    "poisson2d_features": {
+        "problem": {"name": "poisson2d", "params": {"frequencies": [2.0, 4.0]}},
+        "decomposition": {"levels": 3},
+        "network": {"hidden": [8, 8], "fourier": {"features": 4, "sigma": 1.0, "trainable": True},
+                    "adaptive_activation": {"kind": "neuron"}},
+        "sampling": {"method": "uniform", "n": 300, "test_n": [20, 20]},
+        "parallel": {"level_policy": ["replicated", "partitioned", "partitioned"]},
+    },
     # RAD every step: 4 resamplings in the 5 steps, candidates scored through the halo exchange.
     "poisson2d_rad": {
         "problem": {"name": "poisson2d", "params": {"frequencies": [2.0, 4.0]}},
@@ -157,6 +166,7 @@ def assert_equivalent(ref, got, tol: float) -> None:
         ("poisson2d", 4, "torchrun", "torch", "float64"),
         ("burgers", 4, "torchrun", "torch", "float32"),
         ("poisson2d", 2, "mpiexec", "torch", "float64"),
+        ("poisson2d_features", 2, "torchrun", "torch", "float64"),
         ("poisson2d", 2, "mpiexec", "mpi", "float64"),
         ("harmonic1d", 2, "mpiexec", "mpi", "float64"),
         ("poisson2d_rad", 2, "torchrun", "torch", "float64"),

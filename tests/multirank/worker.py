@@ -31,8 +31,7 @@ def gather_gradients(trainer, layout, comm) -> dict[str, np.ndarray]:
     for level, net in enumerate(trainer.model.nets):
         if not (layout.is_partitioned(level) or comm.rank == 0):
             continue
-        named = [(f"W{k}", w) for k, w in enumerate(net.weights)] + [(f"b{k}", b) for k, b in enumerate(net.biases)]
-        for name, p in named:
+        for name, p in net.checkpoint_tensors()[0]:  # the trained tensors, by checkpoint name
             grad = p.grad if p.grad is not None else torch.zeros_like(p)  # a rank whose subdomains a schedule has off
             rows[f"level_{level + 1}/{name}"] = (trainer.model.held[level], grad.detach().cpu().double().numpy())
     if comm.rank == 0:

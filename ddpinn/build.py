@@ -18,12 +18,14 @@ import torch
 
 from ddpinn.config import Config, ConfigError, LevelConfig
 from ddpinn.geometry import Block, Box, Decomposition, GeometryError, Level, Window, make_window, multilevel, uniform_level
+from ddpinn.geometry.decomposition import with_parameter_axes
 from ddpinn.jets import JetSpec
 from ddpinn.model.activations import AdaptiveKind, AdaptiveSlope, make_activation
 from ddpinn.model.fbpinn import FBPINN
 from ddpinn.model.fourier import FourierFeatures
 from ddpinn.model.mlp import network_parameters
 from ddpinn.problems import Face, Point, Points, Problem, ProblemError, make_problem
+from ddpinn.problems.conditioned import condition
 from ddpinn.sampling import PointGroup, SamplingMethod, sample_box
 from ddpinn.schedule import SubdomainSchedule, make_schedule
 
@@ -41,13 +43,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def cell_grid(decomposition: Decomposition) -> tuple[int, ...]:
+def cell_grid(decomposition: Decomposition, parameter_axes: Sequence[int] = ()) -> tuple[int, ...]:
     """Cells per axis of the fixed sampling/ownership grid: half the finest centre spacing of any
     level (so a block boundary can fall midway between two centres, which balances the owned
     subdomains and makes halos symmetric), and at least 16 so that levels with few subdomains
-    can still be split by points."""
+    can still be split by points. One cell along ``parameter_axes`` (conditioned inputs): every
+    subdomain spans them, so a cut there would put every subdomain on each side of it."""
     return tuple(
-        max(16, 2 * (max(level.shape[a] for level in decomposition.levels) - 1)) for a in range(decomposition.domain.dim)
+        1 if a in parameter_axes else max(16, 2 * (max(level.shape[a] for level in decomposition.levels) - 1))
+        for a in range(decomposition.domain.dim)
     )
 
 
@@ -228,32 +232,49 @@ def build_experiment(cfg: Config, base_dir: Path | None = None) -> Experiment:
     """Resolve and cross-check the config: problem, decomposition (coverage), networks, points."""
     try:
         problem = make_problem(cfg.problem.name, cfg.problem.params, base_dir)
+        if cfg.problem.conditioned:
+            problem = condition(problem, cfg.problem.conditioned)
     except ProblemError as err:
         raise ConfigError(str(err)) from None
     domain = problem.domain()
     dim = problem.dim
+    # The decomposition config describes the decomposed axes only; parameter inputs (conditioned
+    # ones) get one subdomain spanning their range on every level, inserted afterwards.
+    parameter_axes = [problem.inputs.index(name) for name in problem.parameter_inputs]
+    decomposed = [a for a in range(dim) if a not in parameter_axes]
+    space = Box(tuple(domain.lo[a] for a in decomposed), tuple(domain.hi[a] for a in decomposed))
+    space_names = [problem.inputs[a] for a in decomposed]
 
     d = cfg.decomposition
     if isinstance(d.levels, int):
-        decomposition = multilevel(domain, d.levels, d.overlap)
+        decomposition = multilevel(space, d.levels, d.overlap)
         level_hidden = [cfg.network.hidden] * d.levels
     else:
         levels = [
-            _level_from_config(domain, lc, d.overlap, f"decomposition.levels[{i}]", dim) for i, lc in enumerate(d.levels)
+            _level_from_config(space, lc, d.overlap, f"decomposition.levels[{i}]", len(decomposed))
+            for i, lc in enumerate(d.levels)
         ]
-        decomposition = Decomposition(domain, tuple(levels))
+        decomposition = Decomposition(space, tuple(levels))
         level_hidden = [lc.hidden or cfg.network.hidden for lc in d.levels]
     try:
         if isinstance(d.levels, int):
             for i, level in enumerate(decomposition.levels):
                 level.check_covers(
-                    domain, f"decomposition.overlap: level {i + 1} of the multilevel layout", problem.inputs,
+                    space, f"decomposition.overlap: level {i + 1} of the multilevel layout", space_names,
                     hint=f"the overlap ({d.overlap:g}) must be greater than 1",
                 )
         else:
-            decomposition.validate(problem.inputs)
+            decomposition.validate(space_names)
     except GeometryError as err:
         raise ConfigError(str(err)) from None
+    if parameter_axes:
+        decomposition = with_parameter_axes(decomposition, domain, parameter_axes)
+        cut = cfg.parallel.partition_axes
+        if cut != "auto" and set(cut) & set(problem.parameter_inputs):
+            raise ConfigError(
+                f"parallel.partition_axes: {sorted(set(cut) & set(problem.parameter_inputs))} are parameter inputs, "
+                f"which are never cut (every subdomain spans them); cut {space_names} instead"
+            )
 
     window = make_window(
         d.window, **({"core": d.sigmoid_core, "edge_value": d.sigmoid_edge_value} if d.window == "sigmoid" else {})
@@ -299,6 +320,6 @@ def build_experiment(cfg: Config, base_dir: Path | None = None) -> Experiment:
         output_mean=mean,
         output_scale=scale,
         dtype=torch.float64 if cfg.run.dtype == "float64" else torch.float32,
-        cells=cell_grid(decomposition),
+        cells=cell_grid(decomposition, parameter_axes),
         schedule=schedule,
     )

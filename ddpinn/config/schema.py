@@ -59,6 +59,13 @@ class ProblemConfig:
     """Registered problem (``ddpinn problems`` lists them) or ``path/to/file.py:ClassName``."""
     params: dict[str, Any] = field(default_factory=dict)
     """Problem parameters (the problem dataclass's fields), e.g. ``{omega: 15}``."""
+    conditioned: dict[str, list[float]] = field(default_factory=dict)
+    """Parameters made input axes with a range, e.g. ``{omega: [5, 15]}``: one run learns the solution
+    for every value in the range (evaluate it at any, e.g. ``ddpinn.load(run).predict`` with an
+    omega column). The axes are appended after the problem's inputs; they are not decomposed (the
+    decomposition describes the other axes; each level gets one subdomain spanning the range) and
+    never cut by the process grid; ``sampling.n``/``test_n`` per axis include them. Only the
+    parameters a problem lists in ``conditionable`` (cos1d: omega)."""
 
 
 @dataclass(kw_only=True, slots=True)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Block", "Box", "Level", "Decomposition", "multilevel", "uniform_level", "GeometryError"]
+__all__ = [
+    "Block", "Box", "Level", "Decomposition", "multilevel", "uniform_level", "with_parameter_axes", "GeometryError",
+]
 
 
 class GeometryError(ValueError):
@@ -242,4 +244,27 @@ def uniform_level(domain: Box, shape: Sequence[int], overlap: float, widths: Seq
 def multilevel(domain: Box, n_levels: int, overlap: float = 1.9) -> Decomposition:
     """Level l = 1..n_levels has 2^(l-1) subdomains per axis (Dolean, Heinlein, Mishra, Moseley 2024)."""
     levels = [uniform_level(domain, [2 ** (l - 1)] * domain.dim, overlap) for l in range(1, n_levels + 1)]
+    return Decomposition(domain, tuple(levels))
+
+
+def with_parameter_axes(decomposition: Decomposition, domain: Box, axes: Sequence[int]) -> Decomposition:
+    """``decomposition`` (over the decomposed axes of ``domain``) with the parameter axes ``axes``
+    of ``domain`` inserted at those positions: on every level one subdomain spanning the whole
+    range, of width the range's length, so the window factor along it is 1 and the networks see
+    the parameter normalised to [-1, 1] (conditioned inputs, :mod:`ddpinn.problems.conditioned`)."""
+    axes = sorted(axes)
+    decomposed = [a for a in range(domain.dim) if a not in axes]
+    if len(decomposed) != decomposition.domain.dim:
+        raise GeometryError(
+            f"with_parameter_axes: the decomposition has {decomposition.domain.dim} axes, but {domain.dim} axes "
+            f"less the parameter axes {axes} leave {len(decomposed)}"
+        )
+    levels = []
+    for level in decomposition.levels:
+        centres, widths = [None] * domain.dim, [None] * domain.dim
+        for k, a in enumerate(decomposed):
+            centres[a], widths[a] = level.centres[k], level.widths[k]
+        for a in axes:
+            centres[a], widths[a] = np.array([domain.centre[a]]), np.array([domain.lengths[a]])
+        levels.append(Level(tuple(centres), tuple(widths)))
     return Decomposition(domain, tuple(levels))

@@ -165,6 +165,14 @@ class Problem:
     float parameters learnt with the networks, for inverse problems: during training the
     attribute holds a scalar tensor, replicated on every process; use it in residuals and soft
     constraints, not in the hard constraint or the exact solution).
+
+    Conditioned (parametric) inputs: ``conditionable`` names float parameters whose every method
+    (residual, hard constraint, constraints' residuals, exact solution, output normalisation)
+    also works when the attribute holds a per-point [n] tensor, so that ``problem.conditioned``
+    may make them input axes (:mod:`ddpinn.problems.conditioned`). ``parameter_inputs`` names
+    inputs that are parameters rather than space or time: they are not decomposed (one subdomain
+    spans each, on every level) and the process grid never cuts them; a problem may declare such
+    inputs itself and read them from ``x``.
     """
 
     name: ClassVar[str] = ""
@@ -172,6 +180,8 @@ class Problem:
     outputs: ClassVar[tuple[str, ...]] = ("u",)
     derivatives: ClassVar[tuple[D, ...]] = ()
     trainable: ClassVar[tuple[str, ...]] = ()
+    conditionable: ClassVar[tuple[str, ...]] = ()
+    parameter_inputs: ClassVar[tuple[str, ...]] = ()
     output_mean: float = 0.0
     output_scale: float = 1.0
 
@@ -254,6 +264,14 @@ class Problem:
         for name in self.trainable:
             if not isinstance(getattr(self, name, None), (int, float)):
                 raise ProblemError(f"{cls}.trainable: {name!r} must name a float parameter of the problem")
+        for name in self.conditionable:
+            if name not in self.parameter_names():
+                raise ProblemError(f"{cls}.conditionable: {name!r} must name a parameter of the problem")
+        unknown = [name for name in self.parameter_inputs if name not in self.inputs]
+        if unknown:
+            raise ProblemError(f"{cls}.parameter_inputs: {unknown[0]!r} is not an input {list(self.inputs)}")
+        if len(self.parameter_inputs) == self.dim:
+            raise ProblemError(f"{cls}.parameter_inputs: every input is a parameter; at least one must be decomposed")
         for c in self.constraints():
             if isinstance(c.where, Face) and c.where.axis not in self.inputs:
                 raise ProblemError(f"constraint {c.name!r}: Face axis {c.where.axis!r} is not an input")

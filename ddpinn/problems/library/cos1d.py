@@ -16,11 +16,15 @@ from ddpinn.problems.registry import register
 @register("cos1d")
 @dataclass
 class Cos1D(Problem):
-    """P1: du/dx = cos(ωx) on [-2π, 2π], u(0) = 0; exact u = sin(ωx)/ω."""
+    """P1: du/dx = cos(ωx) on [-2π, 2π], u(0) = 0; exact u = sin(ωx)/ω.
+
+    ω may be conditioned (``problem.conditioned: {omega: [5, 15]}``): every method below is written
+    so that ``self.omega`` may be a per-point [n] tensor, the ω column of the points."""
 
     omega: float = 15.0
     inputs = ("x",)
     derivatives = (D("u", "x"),)
+    conditionable = ("omega",)
 
     def __post_init__(self) -> None:
         if not self.omega > 0:

@@ -96,6 +96,9 @@ class Progress:
         msg = f"[step {step:>{width}}/{self.total}] loss {loss:.3e}"
         if errors:
             msg += f" | rel L2 {errors['rel_l2']:.3e}"
+            per_output = [f"{k[len('rel_l2_'):]} {v:.3e}" for k, v in errors.items() if k.startswith("rel_l2_")]
+            if per_output:
+                msg += f" ({', '.join(per_output)})"
         msg += f" | {rate:7.1f} steps/s | ETA {format_duration(eta)}"
         if extra:
             msg += f" | {extra}"

@@ -275,6 +275,8 @@ class Problem:
         for c in self.constraints():
             if isinstance(c.where, Face) and c.where.axis not in self.inputs:
                 raise ProblemError(f"constraint {c.name!r}: Face axis {c.where.axis!r} is not an input")
+            if isinstance(c.where, Points):
+                _check_points(c, box, self.inputs)
         self._dry_run_residuals()
 
     def _dry_run_residuals(self) -> None:
@@ -295,6 +297,36 @@ class Problem:
             except KeyError as err:
                 message = err.args[0] if err.args else str(err)
                 raise ProblemError(f"{type(self).__name__} {what}: {message}") from None
+
+
+def _check_points(c: Constraint, box: Box, inputs: tuple[str, ...]) -> None:
+    """Given points (observations) must lie in the domain with finite coordinates and values: a
+    point outside it belongs to no process's block and would be dropped silently, and one NaN
+    makes every loss NaN."""
+    where = c.where
+    x = where.x.detach().double().reshape(where.x.shape[0], -1)
+    n = x.shape[0]
+    if x.shape[1] != len(inputs):
+        raise ProblemError(f"constraint {c.name!r}: Points.x has {x.shape[1]} columns for the inputs {list(inputs)}")
+
+    def first(mask: Tensor) -> str:
+        i = int(mask.nonzero()[0])
+        return f"{int(mask.sum())} of its {n} points (the first: row {i}, x = {x[i].tolist()})"
+
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bad.any():
+        raise ProblemError(f"constraint {c.name!r}: Points.x: {first(bad)} have NaN or infinite coordinates; remove them")
+    lo, hi = torch.tensor(box.lo, dtype=x.dtype), torch.tensor(box.hi, dtype=x.dtype)
+    outside = ((x < lo) | (x > hi)).any(dim=1)
+    if outside.any():
+        raise ProblemError(
+            f"constraint {c.name!r}: Points.x: {first(outside)} lie outside the domain "
+            f"{dict(zip(inputs, zip(box.lo, box.hi)))}; remove them or widen the domain"
+        )
+    if where.values is not None:
+        bad = ~torch.isfinite(where.values.detach().reshape(n, -1)).all(dim=1)
+        if bad.any():
+            raise ProblemError(f"constraint {c.name!r}: Points.values: {first(bad)} have NaN or infinite observed values; remove them")
 
 
 def _permutations(axes: tuple[str, ...]) -> set[tuple[str, ...]]:

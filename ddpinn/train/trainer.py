@@ -127,7 +127,7 @@ class Trainer:
         if step >= self.exp.total_steps and (self.run_dir / "summary.json").exists():
             self.progress.message(f"the run is already at step {step}; raise train.steps to continue it")
             summary = json.loads((self.run_dir / "summary.json").read_text())
-            errors = TestErrors(**summary["errors"]) if summary.get("errors") else None
+            errors = TestErrors.from_dict(summary["errors"]) if summary.get("errors") else None
             return TrainingResult(step, summary["loss"], errors, 0.0, 0.0)
         total = self.exp.total_steps
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_root, resume_step=step if resume else None)

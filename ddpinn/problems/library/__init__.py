@@ -4,6 +4,7 @@ registers them."""
 from ddpinn.problems.library.allen_cahn import AllenCahn1D
 from ddpinn.problems.library.burgers import Burgers1D
 from ddpinn.problems.library.cos1d import Cos1D, MultiscaleCos1D
+from ddpinn.problems.library.darcy import DarcyInverse
 from ddpinn.problems.library.discovery import EquationDiscovery
 from ddpinn.problems.library.harmonic import HarmonicInverse, HarmonicOscillator
 from ddpinn.problems.library.heat import Heat2DMultiscale
@@ -15,6 +16,7 @@ __all__ = [
     "AllenCahn1D",
     "Burgers1D",
     "Cos1D",
+    "DarcyInverse",
     "EquationDiscovery",
     "HarmonicInverse",
     "HarmonicOscillator",

@@ -22,6 +22,7 @@ from ddpinn.geometry.decomposition import with_parameter_axes
 from ddpinn.jets import JetSpec
 from ddpinn.model.activations import AdaptiveKind, AdaptiveSlope, make_activation
 from ddpinn.model.fbpinn import FBPINN
+from ddpinn.model.finite_difference import FiniteDifference
 from ddpinn.model.fourier import FourierFeatures
 from ddpinn.model.mlp import network_parameters
 from ddpinn.problems import Face, Point, Points, Problem, ProblemError, make_problem
@@ -106,6 +107,23 @@ class Experiment:
     cells: tuple[int, ...]
     schedule: SubdomainSchedule
     """Which subdomains train at each step (``schedule:``); :class:`~ddpinn.schedule.AllActive` by default."""
+
+    def __post_init__(self) -> None:
+        fd = self.finite_difference
+        problem = None if fd is None else fd.check(self.spec)
+        if problem is not None:
+            raise ConfigError(f"model.fd_step: {problem}; lower model.fd_step (now {self.cfg.model.fd_step:g})")
+
+    @property
+    def finite_difference(self) -> FiniteDifference | None:
+        """The finite differences of ``model.derivatives: fd`` (step h_a = fd_step · the finest
+        subdomain width along axis a), or None for exact jets."""
+        m = self.cfg.model
+        if m.derivatives != "fd":
+            return None
+        domain = self.decomposition.domain
+        finest = [min(float(level.widths[a].min()) for level in self.decomposition.levels) for a in range(domain.dim)]
+        return FiniteDifference(tuple(m.fd_step * w for w in finest), domain.lo, domain.hi)
 
     @property
     def total_steps(self) -> int:

@@ -25,6 +25,7 @@ __all__ = [
     "LBFGSConfig",
     "LevelConfig",
     "LossConfig",
+    "ModelConfig",
     "NetworkConfig",
     "OptimizerConfig",
     "ParallelConfig",
@@ -157,6 +158,31 @@ class AdaptiveActivationConfig:
     def __post_init__(self) -> None:
         _choice("network.adaptive_activation.kind", self.kind, ("none", "layer", "neuron"))
         _positive("network.adaptive_activation.scale", self.scale)
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    """How the model's input derivatives are computed."""
+
+    derivatives: str = "jets"
+    """``jets``: exact forward-mode jets of every subdomain network (default). ``fd``: finite
+    differences of u evaluated value-only at stencil points around each training point (central
+    O(h²), one-sided at the domain's faces); the jets u, u_x, ... the residuals see are then
+    approximations. Training and residual scoring only: test errors, plots and ``predict`` use
+    the exact model."""
+    fd_step: float = 0.01
+    """h for ``derivatives: fd``, as a fraction of the finest subdomain width along each axis
+    (h_a = fd_step · min over levels of the widths along axis a; 0.01 is 2% of a subdomain's
+    normalised [-1, 1] input). Smaller: less truncation error (∝ h²), more rounding error (∝ ε/h^k
+    for order k; float32 ε ≈ 1e-7)."""
+
+    def __post_init__(self) -> None:
+        _choice("model.derivatives", self.derivatives, ("jets", "fd"))
+        if not (isinstance(self.fd_step, (int, float)) and math.isfinite(self.fd_step) and 0 < self.fd_step < 1):
+            raise ConfigError(
+                f"model.fd_step: the finite-difference step h must be in (0, 1) (a fraction of the finest "
+                f"subdomain width), got {self.fd_step}"
+            )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -586,6 +612,8 @@ class Config:
     """Subdomains and windows."""
     network: NetworkConfig = field(default_factory=NetworkConfig)
     """Subdomain networks."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """How input derivatives are computed: exact jets or finite differences."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     """Adam settings and schedule."""
     lbfgs: LBFGSConfig = field(default_factory=LBFGSConfig)

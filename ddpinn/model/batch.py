@@ -8,6 +8,12 @@ only on the points, so they are computed here, in float64, and reused by every t
 Distributed runs evaluate partitioned levels on the own points followed by halo points (points
 owned by neighbours that the process's subdomains cover); replicated levels use own points only.
 Rows ``[0, n_own)`` of the partial-sum array are own points, ``[n_own, n_eval)`` halo points.
+
+With finite-difference derivatives (``model.derivatives: fd``) the batch carries a
+:class:`~ddpinn.model.finite_difference.Stencil`: the evaluated own rows are then the stencil
+points of the own points (``n_own_rows`` of them), evaluated value-only, and the model maps their
+values to the jets at the own points. ``x``, ``groups``, ``data`` and ``global_counts`` always
+describe the own points the loss sees.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from torch import Tensor
 from ddpinn.geometry import Decomposition, LevelCoverage, Window, cover_level
 from ddpinn.geometry.coverage import product_matrix
 from ddpinn.jets import JetSpec, pointwise_jets
+from ddpinn.model.finite_difference import Stencil
 from ddpinn.problems.base import Problem, as_columns
 
 __all__ = ["EvaluationBatch", "build_batch", "constraint_jets", "select_rows"]
@@ -33,10 +40,13 @@ class EvaluationBatch:
 
     x: [n_own, dim] own points (run dtype). groups: loss term -> rows of x.
     levels: one coverage per level (empty coverage where the process holds none of it).
-    constraint_product: [n_own, J, J, n_out] the product rule with the hard constraint's scale
-        factor as a linear map on jets (like the window product); constraint_shift: [n_own, J, n_out]
-        jets of its shift (identity and zero without a hard constraint).
-    n_eval: rows of the partial-sum array (own + halo points). global_counts: points per group
+    constraint_product: [n_own_rows, J_e, J_e, n_out] the product rule with the hard constraint's
+        scale factor as a linear map on jets (like the window product); constraint_shift:
+        [n_own_rows, J_e, n_out] jets of its shift (identity and zero without a hard constraint);
+        J_e = len(evaluated_spec).
+    spec: the jets the model returns at the own points; stencil: the finite-difference stencil
+        of the own points (None: exact jets).
+    n_eval: rows of the partial-sum array (own rows + halo points). global_counts: points per group
     over all processes (the loss normaliser). exchange: the halo exchange plan, None on one process.
     fixed_sums: [n_eval, J, n_out] the partial sums of the subdomains a schedule holds fixed
     (constant while they are fixed, computed once per schedule phase without gradient; ``levels``
@@ -54,10 +64,22 @@ class EvaluationBatch:
     exchange: object | None = None
     data: dict[str, Tensor] = field(default_factory=dict)
     fixed_sums: Tensor | None = None
+    stencil: Stencil | None = None
 
     @property
     def n_own(self) -> int:
         return self.x.shape[0]
+
+    @property
+    def n_own_rows(self) -> int:
+        """Rows of the partial-sum array evaluated for the own points: the own points, or their
+        stencil points with finite differences."""
+        return self.n_own if self.stencil is None else self.stencil.n_points
+
+    @property
+    def evaluated_spec(self) -> JetSpec:
+        """The jets the networks compute: ``spec``, or the value only with finite differences."""
+        return self.spec if self.stencil is None else self.stencil.value_spec
 
     @property
     def n_pairs(self) -> int:
@@ -97,6 +119,7 @@ def build_batch(
     exchange: object | None = None,
     data: Mapping[str, np.ndarray] | None = None,
     present: Sequence[np.ndarray] | None = None,
+    stencil: Stencil | None = None,
 ) -> EvaluationBatch:
     """Cover the points of ``groups`` (name -> [n_g, dim] own points) for every level.
 
@@ -104,7 +127,9 @@ def build_batch(
     ``present[l]``: [n_subdomains] bool, the subdomains a schedule evaluates (default all): the
     windows are normalised over them, and the others get no pairs;
     ``halo``: [n_halo, dim] extra points evaluated by the levels flagged in ``halo_levels``;
-    ``data``: observed values per group (see :attr:`EvaluationBatch.data`).
+    ``data``: observed values per group (see :attr:`EvaluationBatch.data`);
+    ``stencil``: the finite-difference stencil of the own points (in the groups' order) for the
+    jets ``spec``: its points are evaluated value-only in their place.
     """
     names = list(groups)
     sizes = [len(groups[g]) for g in names]
@@ -112,22 +137,24 @@ def build_batch(
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     group_rows = {g: slice(int(offsets[i]), int(offsets[i + 1])) for i, g in enumerate(names)}
     halo = np.zeros((0, problem.dim)) if halo is None else np.asarray(halo, dtype=np.float64)
-    x_eval = torch.from_numpy(np.concatenate([x_own, halo]))
-    n_own = x_own.shape[0]
+    evaluated = x_own if stencil is None else stencil.points
+    eval_spec = spec if stencil is None else stencil.value_spec
+    x_eval = torch.from_numpy(np.concatenate([evaluated, halo]))
+    n_own = evaluated.shape[0]
     halo_levels = halo_levels or [False] * decomposition.n_levels
 
     coverages = []
     for l, level in enumerate(decomposition.levels):
         points = x_eval if halo_levels[l] else x_eval[:n_own]
         cov = cover_level(
-            level, points, window, spec, None if held is None else held[l], where=f"decomposition.levels[{l}]",
+            level, points, window, eval_spec, None if held is None else held[l], where=f"decomposition.levels[{l}]",
             product_dtype=dtype, present=None if present is None else torch.from_numpy(np.asarray(present[l], dtype=bool)),
         )
         coverages.append(_reindex(cov, x_eval.shape[0]).to(dtype, device))
 
     x_t = torch.from_numpy(x_own)
-    scale, shift = constraint_jets(problem, x_t, spec)
-    product = torch.stack([product_matrix(scale[:, :, k], spec) for k in range(scale.shape[2])], dim=-1)
+    scale, shift = constraint_jets(problem, x_eval[:n_own], eval_spec)
+    product = torch.stack([product_matrix(scale[:, :, k], eval_spec) for k in range(scale.shape[2])], dim=-1)
     return EvaluationBatch(
         x=x_t.to(device=device, dtype=dtype),
         groups=group_rows,
@@ -139,6 +166,7 @@ def build_batch(
         global_counts=dict(global_counts) if global_counts is not None else dict(zip(names, sizes)),
         exchange=exchange,
         data={k: torch.as_tensor(np.asarray(v), dtype=dtype, device=device) for k, v in (data or {}).items()},
+        stencil=None if stencil is None else stencil.to(dtype, device),
     )
 
 

@@ -12,6 +12,9 @@ input-derivative jets the problem needs, as three stages that the distributed en
    the halo exchange, which adds neighbours' halo rows into their owners' rows;
 3. :meth:`FBPINN.constrain`: the level average and the hard-constraint ansatz.
 
+With finite-difference derivatives (a batch with a stencil) the three stages compute u value-only
+at the stencil points, and :meth:`FBPINN.forward` differences them into the jets.
+
 This module never imports torch.distributed.
 """
 
@@ -33,7 +36,7 @@ __all__ = ["FBPINN", "own_rows"]
 
 def own_rows(partial: Tensor, batch: EvaluationBatch) -> Tensor:
     """The single-process reduction: the partial sums of the own points are already totals."""
-    return partial[: batch.n_own]
+    return partial[: batch.n_own_rows]
 
 
 class FBPINN(nn.Module):
@@ -78,13 +81,15 @@ class FBPINN(nn.Module):
         return self.nets[0].sizes[-1]
 
     def partial_sums(self, batch: EvaluationBatch) -> Tensor:
-        """Σ over held subdomains of ŵ_j · NN_j and its jets: [n_eval, J, n_out] (before un-normalisation)."""
-        n_jets, n_out = len(batch.spec), self.n_outputs
+        """Σ over held subdomains of ŵ_j · NN_j and its jets: [n_eval, J, n_out] (before un-normalisation;
+        J = len(batch.evaluated_spec))."""
+        spec = batch.evaluated_spec
+        n_jets, n_out = len(spec), self.n_outputs
         total = batch.x.new_zeros(batch.n_eval + 1, n_jets * n_out)
         for net, cov in zip(self.nets, batch.levels):
             if cov.n_pairs == 0:
                 continue
-            out = net.jets(cov.x_norm, cov.inv_half_width, batch.spec, cov.rows)  # [S, J, n_out, P]
+            out = net.jets(cov.x_norm, cov.inv_half_width, spec, cov.rows)  # [S, J, n_out, P]
             # Product rule with the (parameter-free) window jets, as one precomputed linear map.
             windowed = (cov.window_product.unsqueeze(3) * out.unsqueeze(1)).sum(2)  # [S, J, n_out, P]
             flat = windowed.permute(0, 3, 1, 2).reshape(-1, n_jets * n_out)
@@ -94,7 +99,7 @@ class FBPINN(nn.Module):
         return total if batch.fixed_sums is None else total + batch.fixed_sums
 
     def constrain(self, totals: Tensor, batch: EvaluationBatch) -> Tensor:
-        """Un-normalisation, level average and hard constraint, with jets: [n_own, J, n_out].
+        """Un-normalisation, level average and hard constraint, with jets: [n_own_rows, J, n_out].
 
         Every subdomain output is un-normalised as ``mean + s · NN``. Each level's windows sum to
         one, so after the level average the means contribute ``mean`` to the value row only;
@@ -105,5 +110,6 @@ class FBPINN(nn.Module):
         return batch.constraint_shift + product[:, :, 0] * self.output_mean + scaled
 
     def forward(self, batch: EvaluationBatch) -> Tensor:
-        """u and its jets at the own points: [n_own, J, n_out]."""
-        return self.constrain(self.reduce_partial_sums(self.partial_sums(batch), batch), batch)
+        """u and its jets at the own points: [n_own, J, n_out] (J = len(batch.spec))."""
+        u = self.constrain(self.reduce_partial_sums(self.partial_sums(batch), batch), batch)
+        return u if batch.stencil is None else batch.stencil.apply(u[:, 0])

@@ -4,7 +4,9 @@ Defines :class:`ExchangePlan` (a frozen, printable, rank-local view shaped like 
 forest) and :func:`build_distributed_batch`, which samples nothing itself: it takes the rank's
 own points, sends each neighbour the coordinates of the own points that the neighbour's
 partitioned subdomains cover (once per sampling), receives its halo points the same way, and
-builds the evaluation batch and the plan.
+builds the evaluation batch and the plan. With finite-difference derivatives the rank's
+evaluated points are the stencil points of its own points (a stencil point outside the block is
+still evaluated for, and summed into, the rank of the point it serves).
 
 Direction: a partitioned subdomain is evaluated by its owner on every point of its support.
 The windowed partial sums at a halo point therefore flow *from* the evaluating rank *to* the
@@ -96,13 +98,20 @@ def build_distributed_batch(
     present: Sequence[np.ndarray] | None = None,
 ) -> EvaluationBatch:
     """The rank's batch over own + halo points, with its :class:`ExchangePlan` attached.
-    ``present[l]``: [n_subdomains] bool, the subdomains a schedule evaluates (default all)."""
+    ``present[l]``: [n_subdomains] bool, the subdomains a schedule evaluates (default all).
+    With ``exp.finite_difference`` and derivatives in ``spec``, the own rows are the own points'
+    stencil points."""
     rank = comm.rank
     names = list(groups)
     x_own = np.concatenate([np.asarray(groups[g], dtype=np.float64).reshape(-1, exp.problem.dim) for g in names])
-    n_own = x_own.shape[0]
+    fd = exp.finite_difference
+    stencil = fd.stencil(x_own, spec) if fd is not None and len(spec) > 1 else None
+    evaluated = x_own if stencil is None else stencil.points
+    n_own = evaluated.shape[0]
     neighbours = layout.neighbours(rank)
-    requests = halo_requests(layout, rank, x_own)
+    requests = halo_requests(layout, rank, evaluated)
+    if stencil is not None:
+        neighbours = _peers_with_requests(comm, neighbours, requests)
     unexpected = set(requests) - set(neighbours)
     if unexpected:
         raise RuntimeError(f"rank {rank}: halo requests from non-neighbours {sorted(unexpected)}")
@@ -115,7 +124,7 @@ def build_distributed_batch(
         torch.int64,
     )
     coords = comm.exchange(
-        {q: torch.from_numpy(x_own[rows]) for q, rows in outgoing.items()},
+        {q: torch.from_numpy(evaluated[rows]) for q, rows in outgoing.items()},
         {q: (int(counts[q][0]), exp.problem.dim) for q in neighbours},
         torch.float64,
     )
@@ -150,4 +159,17 @@ def build_distributed_batch(
         exchange=plan,
         data=data,
         present=present,
+        stencil=stencil,
     )
+
+
+def _peers_with_requests(comm: Communicator, neighbours: list[int], requests: Mapping[int, np.ndarray]) -> list[int]:
+    """``neighbours`` and every rank this one requests halo values from or is requested by (one
+    all-reduce of a [world, world] matrix). A stencil point a step outside the block can lie in a
+    subdomain whose owner reaches no point of the block, i.e. is no neighbour of the layout."""
+    world = comm.world_size
+    asked = torch.zeros(world, world, dtype=torch.float64)
+    asked[comm.rank, [q for q, rows in requests.items() if len(rows)]] = 1.0
+    asked = comm.all_reduce_sum(asked.reshape(-1)).reshape(world, world)
+    linked = (asked[comm.rank] > 0) | (asked[:, comm.rank] > 0)
+    return sorted(set(neighbours) | {q for q in torch.nonzero(linked).flatten().tolist() if q != comm.rank})

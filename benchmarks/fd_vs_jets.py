@@ -1,0 +1,159 @@
+"""Finite-difference derivatives vs exact jets: milliseconds per Adam step and training time to a
+given test error, on P1 (cos1d) and P4 L=4 (poisson2d_L4), one process.
+
+    python benchmarks/fd_vs_jets.py --quick            # <= ~4 min: one seed, eager
+    python benchmarks/fd_vs_jets.py --seeds 0 1 2 --modes eager compiled
+
+Each (case, derivatives, mode, seed) runs in a fresh process (niced, one intra-op thread, so the
+figures do not depend on what else this 2-core machine runs on its other core) through the real
+trainer step. It trains from step 0 and evaluates the test rel L2 every ``eval_every`` steps,
+with the clock stopped: ``seconds_to_target`` is the training time (compile excluded) until the
+rel L2 first reaches the case's target, ``ms_per_step`` the median over the evaluation intervals
+after the first (steady state). Rows go to ``--out`` (default results/fd_vs_jets.json) as
+``{case, quantity, value, truth, rel_err, ...}`` like benchmarks/inverse.py: quantity
+``ms_per_step`` or ``seconds_to_target`` of a variant, ``truth`` the jets figure of the same seed
+and mode, ``rel_err`` = value / truth - 1 (negative: fd is faster).
+
+The deck's 2-4x speed-up of finite differences is over automatic differentiation (nested
+backward passes); ddpinn's jets are forward-mode Taylor rows computed with the value, so what
+is compared here is value-only passes at 1 + 2·dim (+ mixed) stencil points against one jet pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CASES = {
+    # name: config, target rel L2, overrides (the run's Adam steps set the schedule's length).
+    "p1": ("configs/cos1d.yaml", 1e-2, ["optimizer.lr=3e-3"]),
+    "p4_l4": ("configs/poisson2d_L4.yaml", 2e-2, ["optimizer.lr=4e-3"]),
+}
+QUICK = {  # fewer points / steps so that --quick fits in ~4 minutes on 2 busy cores
+    "p1": {"overrides": ["sampling.n=1000"], "max_steps": 4000, "eval_every": 250},
+    "p4_l4": {"overrides": [], "max_steps": 1500, "eval_every": 250},
+}
+FULL = {
+    "p1": {"overrides": [], "max_steps": 10000, "eval_every": 250},
+    "p4_l4": {"overrides": [], "max_steps": 10000, "eval_every": 500},
+}
+
+
+def variant_overrides(variant: str) -> list[str]:
+    """``jets`` or ``fd:<fd_step>``."""
+    if variant == "jets":
+        return ["model.derivatives=jets"]
+    return ["model.derivatives=fd", f"model.fd_step={float(variant.split(':')[1])}"]
+
+
+def worker(case: str, variant: str, mode: str, seed: int, max_steps: int, eval_every: int, extra: list[str]) -> dict:
+    import tempfile
+
+    import torch
+
+    from ddpinn.build import build_experiment
+    from ddpinn.cli import _load
+    from ddpinn.session import make_layout, open_session
+    from ddpinn.train.trainer import Trainer
+
+    config, target, overrides = CASES[case]
+    overrides = [*overrides, *extra, *variant_overrides(variant), f"train.steps={max_steps}", f"run.seed={seed}",
+                 "run.threads=1", f"train.compile={'on' if mode == 'compiled' else 'off'}"]
+    cfg, base = _load(str(ROOT / config), overrides)
+    exp = build_experiment(cfg, base)
+    with open_session(cfg) as session, tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(exp, comm=session.comm, layout=make_layout(exp, 1), device=session.device,
+                          run_dir=Path(tmp), quiet=True)
+        trainer.points.start(0, None)
+        batch = trainer.points.batch
+        train_s, interval_ms, curve, reached = 0.0, [], [], None
+        for start in range(0, max_steps, eval_every):
+            t0 = time.perf_counter()
+            for step in range(start, min(start + eval_every, max_steps)):
+                trainer.train_step(step, batch)
+            seconds = time.perf_counter() - t0 - (trainer.compile_seconds if start == 0 else 0.0)
+            train_s += seconds
+            interval_ms.append(1e3 * seconds / (step + 1 - start))
+            rel_l2 = trainer.evaluate(trainer.test_set).rel_l2
+            curve.append((step + 1, train_s, rel_l2))
+            if rel_l2 <= target:
+                reached = (step + 1, train_s)
+                break
+        steady = interval_ms[1:] or interval_ms
+        return {
+            "case": case, "variant": variant, "mode": trainer.step_mode, "seed": seed, "target_rel_l2": target,
+            "ms_per_step": statistics.median(steady), "steps_to_target": reached and reached[0],
+            "seconds_to_target": reached and reached[1], "final_rel_l2": curve[-1][2], "curve": curve,
+            "stencil_points_per_point": (batch.n_own_rows / batch.n_own), "pairs": batch.n_pairs,
+            "jet_rows": len(exp.spec), "compile_s": trainer.compile_seconds, "torch": torch.__version__,
+        }
+
+
+def rows_of(runs: list[dict]) -> list[dict]:
+    """The inverse.py-style rows: each fd figure against the jets figure of its seed and mode."""
+    jets = {(r["case"], r["mode"], r["seed"]): r for r in runs if r["variant"] == "jets"}
+    rows = []
+    for r in runs:
+        ref = jets.get((r["case"], r["mode"], r["seed"]))
+        for quantity in ("ms_per_step", "seconds_to_target"):
+            value, truth = r[quantity], ref and ref[quantity]
+            rows.append({
+                "case": f"fd_vs_jets/{r['case']}/{r['variant']}/{r['mode']}/seed{r['seed']}", "quantity": quantity,
+                "value": value, "truth": truth,
+                "rel_err": value / truth - 1 if value is not None and truth else None,
+                **{k: r[k] for k in ("steps_to_target", "final_rel_l2", "target_rel_l2", "stencil_points_per_point",
+                                     "pairs", "compile_s")},
+            })
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--variants", nargs="+", default=["jets", "fd:0.01", "fd:0.03"],
+                   help="jets, or fd:<model.fd_step>")
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--quick", action="store_true", help="P1 on 1,000 points, P4 L=4 for 1,500 steps at most")
+    p.add_argument("--out", default="results/fd_vs_jets.json")
+    p.add_argument("--worker", nargs=7, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        case, variant, mode, seed, max_steps, eval_every, extra = args.worker
+        print(json.dumps(worker(case, variant, mode, int(seed), int(max_steps), int(eval_every), json.loads(extra))))
+        return
+    settings = QUICK if args.quick else FULL
+    runs = []
+    print(f"{'case':6} {'variant':8} {'mode':8} seed {'ms/step':>8} {'steps':>6} {'s to target':>11} {'final':>9}")
+    for case in args.cases:
+        s = settings[case]
+        for mode in args.modes:
+            for seed in args.seeds:
+                for variant in args.variants:
+                    cmd = ["nice", sys.executable, __file__, "--worker", case, variant, mode, str(seed),
+                           str(s["max_steps"]), str(s["eval_every"]), json.dumps(s["overrides"])]
+                    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+                    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    runs.append(r)
+                    to = f"{r['seconds_to_target']:11.1f}" if r["seconds_to_target"] is not None else f"{'not reached':>11}"
+                    print(f"{case:6} {variant:8} {r['mode']:8} {seed:4} {r['ms_per_step']:8.2f} "
+                          f"{r['steps_to_target'] or '-'!s:>6} {to} {r['final_rel_l2']:9.2e}", flush=True)
+    common = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick}
+    out_path = ROOT / args.out
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps({**common, "rows": rows_of(runs), "runs": runs}, indent=2) + "\n")
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()

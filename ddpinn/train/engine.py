@@ -58,7 +58,9 @@ class LossEngine:
         terms; the weighting sees the step (``after_backward``, ``after_sync``)."""
         self.zero_grad()
         out = self.local(batch, self.weighting.weights())
-        out[: self.n_terms].sum().backward()
+        loss = out[: self.n_terms].sum()
+        if loss.requires_grad:  # else no parameter of this rank meets its points this schedule phase
+            loss.backward()
         self.weighting.after_backward(step)
         synced = self.sync.reduce(out.detach(), with_norm=with_norm)
         self.weighting.after_sync(step, synced.terms[self.n_terms :])

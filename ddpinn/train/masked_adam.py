@@ -63,8 +63,6 @@ class MaskedAdam:
         lr = self.param_groups[0]["lr"]
         beta1, beta2 = self.betas
         for p in self.param_groups[0]["params"]:
-            if p.grad is None:
-                continue
             level = self.level_of.get(id(p))
             rows = p.shape[:1] if level is not None else ()
             state = self.state.get(p)
@@ -77,7 +75,11 @@ class MaskedAdam:
             if self.found_inf is not None:
                 moves = moves & (self.found_inf == 0)
             mask = moves.reshape(*moves.shape, *(1,) * (p.dim() - moves.dim()))
-            grad, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
+            # No gradient: no point of this rank met the parameter this phase (a rank whose
+            # subdomains are all fixed or off). Its active rows still take their step with a zero
+            # gradient, as they do on one rank, and its state exists for the checkpoint.
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            m, v = state["exp_avg"], state["exp_avg_sq"]
             step = state["step"] + moves.to(p.dtype)
             m.copy_(torch.where(mask, torch.lerp(m, grad, 1 - beta1), m))
             v.copy_(torch.where(mask, v * beta2 + (1 - beta2) * grad * grad, v))

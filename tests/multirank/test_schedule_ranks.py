@@ -37,6 +37,15 @@ SWEEP_RUN = {
 }
 
 
+# Every level partitioned and swept, the ranks cutting t: in the first phase the later-time
+# rank holds no active subdomain at all (its loss has no parameter), yet it owns points that the
+# earlier rank's active subdomains cover, so it must still take part in the backward exchange.
+IDLE_RANK_RUN = json.loads(json.dumps(SWEEP_RUN))
+IDLE_RANK_RUN["schedule"] = {"kind": "sweep", "axis": "t", "width": 0.25, "stride": 0.25, "every": 3}
+IDLE_RANK_RUN["parallel"].update(level_policy="partitioned", partition_axes=["t"])
+IDLE_RANK_RUN["lbfgs"] = {"steps": 0}
+
+
 @pytest.mark.parametrize("axis", ["x", "t"])
 def test_the_ranks_cut_the_axis_asked_for(axis):
     cfg = json.loads(json.dumps(SWEEP_RUN))
@@ -67,3 +76,19 @@ def test_two_ranks_equal_one_rank_through_sweep_transitions(tmp_path, axis):
     assert counts
     for key in counts:
         np.testing.assert_array_equal(reference[1][key], result[1][key], err_msg=key)
+
+
+@pytest.mark.skipif(mpiexec() is None, reason="mpiexec not installed (pip install mpich mpi4py)")
+def test_a_rank_without_active_subdomains_still_exchanges(tmp_path):
+    exp = build_experiment(load_config(data=IDLE_RANK_RUN))
+    layout = make_layout(exp, 2)
+    first = exp.schedule.roles_at(0)
+    assert all((first[l][layout.held(1)[l]] != 2).all() for l in range(3)), "rank 1 should be idle at first"
+    ref, got = tmp_path / "one", tmp_path / "two"
+    launch(1, "equivalence", IDLE_RANK_RUN, ref)
+    cfg = json.loads(json.dumps(IDLE_RANK_RUN))
+    cfg["parallel"]["comm"] = "mpi"
+    launch(2, "equivalence", cfg, got, launcher="mpiexec", timeout=scaled(300))
+    reference, result = results(ref), results(got)
+    assert len(reference[2]) == STEPS
+    assert_equivalent(reference, result, 1e-10)

@@ -141,6 +141,11 @@ def apply_halo_exchange(model: FBPINN, comm: Communicator) -> None:
 
     def reduce(partial: Tensor, batch: EvaluationBatch) -> Tensor:
         neighbours, halo, owned = _rows(batch.exchange)
+        if torch.is_grad_enabled() and not partial.requires_grad:
+            # A rank whose subdomains are all fixed or off in a schedule phase has no parameter
+            # in its partial sums, yet its neighbours' backward waits for its half of the
+            # adjoint exchange: keep the exchange in its graph.
+            partial = partial.detach().requires_grad_()
         return _halo_reduce(partial, batch.exchange.n_own, neighbours, halo, owned, key)
 
     model.reduce_partial_sums = reduce

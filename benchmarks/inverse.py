@@ -6,6 +6,9 @@
                                                                                  missed terms
     burgers_discovery_ranks  the quick config, shortened, on 1 and 2 ranks       max |Δξ| / |ξ| and max loss difference
                           (mpiexec -n 2)
+    cos1d_conditioned     configs/cos1d_conditioned.yaml; _quick                 rel L2 at the unseen omega = 7.5, 12.5
+                          (P1 trained once over omega in [5, 15])                per seed and over seeds; plot of rel L2
+                                                                                 across omega (benchmarks/conditioned.py)
 
 Every run is ``ddpinn train CONFIG --set ...`` in a subprocess (the command is stored with its
 rows), with ``run.threads=1``, into ``OUT/runs/<case>_<variant>_seed<k>``. Writes the rows
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from conditioned import run_conditioned
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -181,6 +185,7 @@ RANKS_OVERRIDES = {"train.steps": "300", "problem.params.warmup": "100", "proble
 CASES = [
     Case("burgers_discovery", run_discovery, "burgers_discovery.yaml", "burgers_discovery_quick.yaml"),
     Case("burgers_discovery_ranks", run_discovery_ranks, None, "burgers_discovery_quick.yaml", RANKS_OVERRIDES),
+    Case("cos1d_conditioned", run_conditioned, "cos1d_conditioned.yaml", "cos1d_conditioned_quick.yaml"),
 ]
 
 

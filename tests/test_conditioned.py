@@ -6,6 +6,7 @@ errors name the field, and a short run lowers the error at a parameter value it 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,3 +205,25 @@ def test_a_short_run_lowers_the_error_at_an_unseen_parameter_value(tmp_path):
         before, after = (np.linalg.norm(m.predict(points)[:, 0] - exact) / np.linalg.norm(exact)
                          for m in (untrained, trained))
         assert after < 0.5 * before, f"omega={omega}: rel L2 {before:.3f} -> {after:.3f} in 300 steps"
+
+
+def test_the_benchmark_case_writes_errors_at_the_unseen_omegas_and_the_plot(tmp_path, monkeypatch):
+    """benchmarks/inverse.py's cos1d_conditioned case on a tiny run: rows per seed and over seeds
+    at omega = 7.5 and 12.5, the verdict row, and the rel-L2-across-omega plot."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import inverse
+
+    tiny = {"train.steps": "4", "train.log_every": "2", "train.eval_every": "0", "network.hidden": "[4]",
+            "network.fourier.features": "2", "sampling.n": "200", "sampling.test_n": "[20, 3]",
+            "decomposition.levels": "[{subdomains: [4]}]"}
+    case = inverse.Case("cos1d_conditioned", inverse.run_conditioned, None, "cos1d_conditioned_quick.yaml", tiny)
+    monkeypatch.setattr(inverse, "CASES", [case])
+    out = tmp_path / "out"
+    assert inverse.main(["--quick", "--seeds", "0", "1", "--out", str(out), "--json", str(tmp_path / "rows.json")]) == 0
+    rows = {(r["quantity"], r["seed"]): r for r in json.loads((tmp_path / "rows.json").read_text())}
+    for seed in (0, 1):
+        assert 0 < rows[("rel_l2 at omega=7.5", seed)]["value"] < 10 and ("rel_l2 at omega=12.5", seed) in rows
+    low, mid, high = (rows[(f"rel_l2 at omega=7.5 {k}", None)]["value"] for k in ("min", "median", "max"))
+    assert low <= mid <= high and low == min(rows[("rel_l2 at omega=7.5", s)]["value"] for s in (0, 1))
+    assert rows[("target rel_l2 <= 0.01 at unseen omega (median over seeds)", None)]["value"] == 0.0
+    assert (out / "inverse_conditioned.png").stat().st_size > 0

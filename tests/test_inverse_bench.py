@@ -35,7 +35,7 @@ def test_help_runs():
 
 
 def test_case_configs_build_with_the_true_burgers_terms_in_the_library(bench):
-    for case in bench.CASES:
+    for case in (c for c in bench.CASES if c.key.startswith("burgers_discovery")):
         for name in {case.quick_config, case.full_config} - {None}:
             exp = build_experiment(load_config(bench.CONFIGS / name))
             assert set(exp.problem.truth) == {"u*u_x", "u_xx"} <= set(exp.problem.candidates.names), name

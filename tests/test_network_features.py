@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -355,3 +356,16 @@ def test_resume_with_other_network_options_is_refused(tmp_path, capsys, override
     assert main(["train", "--resume", str(run_dir), "--set", override]) == 2
     err = capsys.readouterr().err
     assert "defines another model than the checkpoint" in err and listed in err
+
+
+@pytest.mark.parametrize("name", ["cos1d_w80", "cos1d_w80_fourier", "cos1d_w80_adaptive"])
+def test_shipped_omega_80_configs_build(name):
+    """The P1 ω = 80 configs load, build, and differ from the plain one only in the network."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg, plain = load_config(root / f"{name}.yaml"), load_config(root / "cos1d_w80.yaml")
+    exp = build_experiment(cfg)
+    assert exp.problem.omega == 80 and exp.decomposition.levels[0].n_subdomains == 30
+    assert (exp.fourier is not None) == name.endswith("fourier")
+    assert (exp.adaptive is not None) == name.endswith("adaptive")
+    for section in ("problem", "decomposition", "optimizer", "sampling", "train"):
+        assert getattr(cfg, section) == getattr(plain, section), section

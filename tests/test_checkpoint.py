@@ -374,3 +374,19 @@ def test_dot_by_name_matches_tensors_by_identity():
     dot = dot_by_name(positional, [a, b], {"b": b, "a": a})
     u = {"b": torch.full((3,), 2.0), "a": torch.full((2,), 3.0)}
     assert dot(u, u) == 2 * 9 + 10 * 3 * 4
+
+
+def test_a_checkpoint_from_before_a_new_model_field_still_resumes():
+    """A config saved before ``network.fourier`` (and its siblings) existed has no such keys;
+    they read as their defaults, so the same model is not refused, and a real change still is."""
+    from ddpinn.config import load_config, to_dict
+    from ddpinn.train.resume import model_changes
+
+    current = to_dict(load_config(data={"problem": {"name": "cos1d"}, "network": {"hidden": [8]}}))
+    saved = json.loads(json.dumps(current))
+    del saved["network"]["fourier"], saved["network"]["adaptive_activation"], saved["problem"]["conditioned"]
+    assert model_changes(saved, current) == []
+    current["network"]["fourier"] = {"features": 4, "sigma": 1.0, "trainable": False}
+    assert [c.field for c in model_changes(saved, current)] == [
+        "network.fourier.features", "network.fourier.sigma", "network.fourier.trainable"
+    ]

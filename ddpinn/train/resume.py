@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ddpinn.config import Config, ConfigError, to_dict
+from ddpinn.config import Config, ConfigError, ProblemConfig, to_dict
 from ddpinn.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, previous_path
 
 __all__ = ["MODEL_FIELDS", "FieldChange", "ResumePoint", "check_same_model", "find_resume_point", "model_changes"]
@@ -97,10 +97,13 @@ def model_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[FieldC
     in :data:`MODEL_FIELDS`, leaf by leaf. Where the shape itself differs (an int level count
     against a list of levels, two levels against three), the differing leaves are listed."""
     changes = []
+    defaults = to_dict(Config(problem=ProblemConfig(name="")))
     for name in MODEL_FIELDS:
         old, new = _leaves(_field(saved, name), name), _leaves(_field(current, name), name)
+        # A field added to ddpinn after the checkpoint was written reads as its default there.
+        missing = _leaves(_field(defaults, name), name)
         for leaf in sorted(set(old) | set(new)):
-            before, after = old.get(leaf, _ABSENT), new.get(leaf, _ABSENT)
+            before, after = old.get(leaf, missing.get(leaf, _ABSENT)), new.get(leaf, _ABSENT)
             if before != after:
                 changes.append(FieldChange(leaf, before, after))
     return changes

@@ -5,7 +5,7 @@ subdomain networks, and a sweep on two ranks with and without the schedule-aware
     burgers   P6 Burgers, configs/burgers_quick.yaml               all_active, sweep along t (band 0.5)
     wave      P7 wave, configs/wave1d_quick.yaml                   all_active, sweep along t (band 0.5)
     p4l5      P4 L=5, configs/poisson2d_L5_quick.yaml              all_active, coarse_to_fine (level l from l/10 of the steps)
-    p1w80     P1 omega = 80, configs/cos1d_quick.yaml (30 subd.)  plain, fourier (16 features), adaptive (layer-wise)
+    p1w80     P1 omega = 80, configs/cos1d_w80*.yaml (30 subd.)   plain, fourier (16 features), adaptive (sin, neuron-wise)
     ranks     P6 Burgers sweep under mpiexec -n 2                  schedule-aware grid (x cut), time cut (partition_axes [t])
 
 Every run is one ``ddpinn train CONFIG --set ...`` process (under ``mpiexec -n 2`` for ``ranks``)
@@ -96,7 +96,6 @@ def sweep(band: str = "0.5") -> dict[str, str]:
 
 
 ALL_ACTIVE = Method("all_active")
-OMEGA_80 = {"problem.params": "{omega: 80}"}  # problems.md P1: "also try 80"
 COARSE_TO_FINE = Method("coarse_to_fine", {
     "schedule.kind": "coarse_to_fine",
     # Level l (0-based) switches on after l/10 of the steps: the finest at 40 %.
@@ -112,10 +111,12 @@ CASES = (
     Case("p4l5", "P4 L=5 (341 subdomains)", "poisson2d_L5_quick", (ALL_ACTIVE, COARSE_TO_FINE),
          quick={"sampling.n": "[40, 40]", "train.steps": "500", "train.eval_every": "50", "train.log_every": "50"},
          full={"train.eval_every": "250", "train.log_every": "250"}),
-    Case("p1w80", "P1 ω=80 (30 subdomains)", "cos1d_quick", (
-        Method("plain", OMEGA_80),
-        Method("fourier", {**OMEGA_80, "network.fourier": "{features: 16, sigma: 1.0}"}),
-        Method("adaptive", {**OMEGA_80, "network.adaptive_activation": "{kind: layer}"}),
+    # The shipped settings (their headers list what else was tried): 16 fixed Fourier features
+    # with sigma 8, and sin units with neuron-wise slopes n = 20 (tanh with layer-wise slopes fails).
+    Case("p1w80", "P1 ω=80 (30 subdomains)", "cos1d_w80", (
+        Method("plain"),
+        Method("fourier", config="cos1d_w80_fourier"),
+        Method("adaptive", config="cos1d_w80_adaptive"),
     ), quick={"train.steps": "1000", "train.eval_every": "250", "train.log_every": "250"}),
     Case("ranks", "P6 Burgers sweep on 2 ranks", "burgers_quick", (
         Method("sweep, schedule-aware grid", sweep(), ranks=2),

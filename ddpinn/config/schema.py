@@ -172,8 +172,8 @@ class ModelConfig:
     the exact model."""
     fd_step: float = 0.01
     """h for ``derivatives: fd``, as a fraction of the finest subdomain width along each axis
-    (h_a = fd_step · min over levels of the widths along axis a; 0.01 is 2% of a subdomain's
-    normalised [-1, 1] input). Smaller: less truncation error (∝ h²), more rounding error (∝ ε/h^k
+    (h_a = fd_step · min over levels of the widths along axis a; 0.01: a step of 0.02 in the finest
+    subdomains' normalised input x̂ ∈ [-1, 1]). Smaller: less truncation error (∝ h²), more rounding error (∝ ε/h^k
     for order k; float32 ε ≈ 1e-7)."""
 
     def __post_init__(self) -> None:

@@ -9,6 +9,11 @@
     cos1d_conditioned     configs/cos1d_conditioned.yaml; _quick                 rel L2 at the unseen omega = 7.5, 12.5
                           (P1 trained once over omega in [5, 15])                per seed and over seeds; plot of rel L2
                                                                                  across omega (benchmarks/conditioned.py)
+    darcy_inverse         configs/darcy_inverse.yaml; _quick                     rel L2 of the recovered k (and u) per
+                          (k(x, y) from 1% noisy u, two-scale k)                 seed and over seeds; plot of recovered
+                                                                                 vs true k (benchmarks/inverse_field.py)
+    darcy_inverse_ranks   the quick config, shortened, float64, on 1 and 2       max loss difference, k error difference
+                          ranks (mpiexec -n 2)
 
 Every run is ``ddpinn train CONFIG --set ...`` in a subprocess (the command is stored with its
 rows), with ``run.threads=1``, into ``OUT/runs/<case>_<variant>_seed<k>``. Writes the rows
@@ -42,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 from conditioned import run_conditioned
+from inverse_field import RANKS_OVERRIDES as FIELD_RANKS_OVERRIDES
+from inverse_field import run_field, run_field_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -186,6 +193,8 @@ CASES = [
     Case("burgers_discovery", run_discovery, "burgers_discovery.yaml", "burgers_discovery_quick.yaml"),
     Case("burgers_discovery_ranks", run_discovery_ranks, None, "burgers_discovery_quick.yaml", RANKS_OVERRIDES),
     Case("cos1d_conditioned", run_conditioned, "cos1d_conditioned.yaml", "cos1d_conditioned_quick.yaml"),
+    Case("darcy_inverse", run_field, "darcy_inverse.yaml", "darcy_inverse_quick.yaml"),
+    Case("darcy_inverse_ranks", run_field_ranks, None, "darcy_inverse_quick.yaml", FIELD_RANKS_OVERRIDES),
 ]
 
 

@@ -159,6 +159,7 @@ def test_observations_on_the_boundary_are_accepted():
 
 
 # ----------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_a_short_run_lowers_the_error_of_k_and_reports_it_per_output(tmp_path):
     """Two levels (1 + 4x4 subdomains), 400 Adam steps on a 24x24 grid, 300 observations, k's
     coarse scale only: the recovered k's rel L2 halves, from the initial networks' 0.228 to 0.115
@@ -190,3 +191,37 @@ def test_a_short_run_lowers_the_error_of_k_and_reports_it_per_output(tmp_path):
     assert per_output["k"] == pytest.approx(after, rel=0.1)  # the test grid (30x30) vs this one
     summary = json.loads((tmp_path / "short" / "summary.json").read_text())
     assert summary["errors"]["rel_l2_k"] == per_output["k"] and summary["errors"]["rel_l2_u"] == per_output["u"]
+    # ... and plots each: the solution figure has a row (prediction, exact, error) for u and one for k
+    import matplotlib.image
+
+    from ddpinn.io.plots import plot_run
+
+    solution = next(path for path in plot_run(tmp_path / "short") if path.name == "solution.png")
+    assert matplotlib.image.imread(solution).shape[0] == pytest.approx(2 * 3.6 * 110, abs=2)  # 3.6 in per row, 110 dpi
+
+
+# ----------------------------------------------------------------------------- benchmark case
+@pytest.mark.slow
+def test_a_tiny_run_of_the_benchmark_case_writes_rows_and_the_plot(tmp_path, monkeypatch):
+    """benchmarks/inverse.py's darcy_inverse case (benchmarks/inverse_field.py), a few steps."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    monkeypatch.delitem(sys.modules, "inverse", raising=False)
+    bench = importlib.import_module("inverse")
+    tiny = {"train.steps": "4", "lbfgs.steps": "0", "decomposition.levels": "2", "sampling.n": "[8, 8]",
+            "sampling.test_n": "[8, 8]", "problem.params.n_observations": "20", "train.log_every": "2",
+            "train.eval_every": "0", "network.hidden": "[4]"}
+    case = next(c for c in bench.CASES if c.key == "darcy_inverse")
+    monkeypatch.setattr(bench, "CASES", [bench.Case(case.key, case.run, None, case.quick_config, tiny)])
+    out = tmp_path / "out"
+    assert bench.main(["--quick", "--seeds", "0", "1", "--out", str(out), "--json", str(tmp_path / "rows.json")]) == 0
+    rows = {(r["quantity"], r["seed"]): r for r in json.loads((tmp_path / "rows.json").read_text())}
+    assert {("rel_l2 k", 0), ("rel_l2 k", 1), ("rel_l2 u", 0), ("rel_l2 k median", None),
+            ("k target met (median)", None)} <= set(rows)
+    assert "problem.params.data_seed=1" in rows[("rel_l2 k", 1)]["command"]
+    assert rows[("rel_l2 k, coarse scale only", None)]["value"] == pytest.approx(0.1 / 1.0725**0.5, rel=1e-2)
+    assert (out / "inverse_field.png").stat().st_size > 0

@@ -108,7 +108,10 @@ def _plot_points(plt, events: dict[int, np.ndarray], results: Path, target: Path
 def _plot_solution(plt, path: Path, target: Path) -> Path:
     with h5py.File(path, "r") as f:
         inputs = list(f.attrs["inputs"])
+        outputs = list(f.attrs.get("outputs", ["u"]))
         rel = f.attrs.get("rel_l2")
+        # per-output errors (several outputs: a recovered coefficient field, say)
+        output_rel = {name: f.attrs[f"rel_l2_{name}"] for name in outputs if f"rel_l2_{name}" in f.attrs}
         has_exact = "exact" in f
         grid = f["x"].shape[:-1]
         dim = len(grid)
@@ -140,13 +143,17 @@ def _plot_solution(plt, path: Path, target: Path) -> Path:
         axes[1].set_xlabel(inputs[0])
     else:
         cols = 3 if has_exact else 1
-        fig, axes = plt.subplots(len(slices), cols, figsize=(4.2 * cols, 3.6 * len(slices)), squeeze=False)
-        for row, (sx, sp, se, label) in enumerate(slices):
+        # one row per slice and output field (only u's, the first, for a 3-D problem's slices)
+        rows = [(s, k) for s in slices for k in range(len(outputs) if dim == 2 else 1)]
+        fig, axes = plt.subplots(len(rows), cols, figsize=(4.2 * cols, 3.6 * len(rows)), squeeze=False)
+        for row, ((sx, sp, se, label), k) in enumerate(rows):
             extent = [sx[0, 0, 0], sx[-1, 0, 0], sx[0, 0, 1], sx[0, -1, 1]]
-            panels = [("FBPINN" + label, sp[..., 0], "viridis")]
+            if len(outputs) > 1 and dim == 2:
+                label = f" {outputs[k]}" + (f" (rel L2 {output_rel[outputs[k]]:.2e})" if outputs[k] in output_rel else "")
+            panels = [("FBPINN" + label, sp[..., k], "viridis")]
             if se is not None:
-                vmax = np.abs(sp[..., 0] - se[..., 0]).max()
-                panels += [("exact" + label, se[..., 0], "viridis"), ("error" + label, sp[..., 0] - se[..., 0], "RdBu_r")]
+                vmax = np.abs(sp[..., k] - se[..., k]).max()
+                panels += [("exact" + label, se[..., k], "viridis"), ("error" + label, sp[..., k] - se[..., k], "RdBu_r")]
             for col, (name, data, cmap) in enumerate(panels):
                 ax = axes[row, col]
                 kwargs = {"vmin": -vmax, "vmax": vmax} if name.startswith("error") and vmax > 0 else {}

@@ -84,7 +84,7 @@ def run_field_ranks(case, args: argparse.Namespace) -> list:
     results = {}
     for ranks in (1, 2):
         run_dir = args.out / "runs" / f"{case.key}_{ranks}rank"
-        summary, metrics, command = train(config, run_dir, case.overrides, ranks=ranks)
+        _, metrics, command = train(config, run_dir, case.overrides, ranks=ranks)
         results[ranks] = (field_errors(run_dir)["k"], metrics, command)
     (k1, m1, c1), (k2, m2, c2) = results[1], results[2]
     loss = max(abs(b["loss"] - a["loss"]) / abs(a["loss"]) for a, b in zip(m1, m2, strict=True))
@@ -122,7 +122,7 @@ def plot_field(errors: dict, path: Path, label: str) -> None:
     im = axes[2].imshow(diff.T, origin="lower", extent=extent, vmin=-lim, vmax=lim, cmap="RdBu_r")
     axes[2].set(title=f"error (rel L2 {errors['k']:.2e})", xlabel="x", ylabel="y")
     fig.colorbar(im, ax=axes[2], fraction=0.046)
-    row = int(round(0.3 * (len(g) - 1)))
+    row = round(0.3 * (len(g) - 1))
     axes[3].plot(g, true[:, row], "k--", lw=1, label="true k")
     axes[3].plot(g, recovered[:, row], "C0", lw=1.5, label="recovered k")
     axes[3].set(title=f"along y = {g[row]:.2f}", xlabel="x", ylabel="k")

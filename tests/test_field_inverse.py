@@ -54,7 +54,7 @@ def test_k_has_two_scales_and_is_pinned_to_one_on_the_boundary():
     x = grid(201)
     k = problem.exact_k(x).reshape(201, 201)
     assert 0.3 - 1e-12 <= k.min() and k.max() <= 1.7 + 1e-12
-    # the fine scale (sin 16πx sin 16πy, amplitude 0.2, RMS 0.1) against ‖k‖ (RMS √1.0725): k
+    # the fine scale (sin 8πx sin 8πy, amplitude 0.2, RMS 0.1) against ‖k‖ (RMS √1.0725): k
     # without it is 9.7% off, so the 5% target needs the fine scale recovered
     coarse = make_problem("darcy_inverse", {"fine_amplitude": 0.0}).exact_k(x).reshape(201, 201)
     assert (torch.linalg.norm(k - coarse) / torch.linalg.norm(k)).item() == pytest.approx(0.1 / 1.0725**0.5, abs=1e-3)
@@ -72,10 +72,10 @@ def test_the_ansatz_gives_u_and_k_on_the_boundary_whatever_the_networks():
     ansatz = as_columns(hc.shift, boundary, 2) + as_columns(hc.scale, boundary, 2) * networks
     torch.testing.assert_close(ansatz, problem.exact(boundary), atol=1e-12, rtol=0)
     # ... and leaves the interior to the networks: each scale is > 0 inside and ~1 beyond its
-    # layer (k's 1/16 thick; u's is 1/4, wide, so u's scale peaks at tanh(2)⁴ = 0.86)
-    inside, core, centre = grid(20, 0.005, 0.995), grid(20, 0.2, 0.8), torch.tensor([[0.5, 0.5]], dtype=F64)
+    # layer (k's 1/8 thick; u's is 1/4, wide, so u's scale peaks at tanh(2)⁴ = 0.86)
+    inside, core, centre = grid(20, 0.005, 0.995), grid(20, 0.35, 0.65), torch.tensor([[0.5, 0.5]], dtype=F64)
     assert (problem.hard_constraint(inside).scale > 0).all()
-    assert (problem.hard_constraint(core).scale[:, 1] > 0.98).all() and problem.hard_constraint(centre).scale[0, 0] > 0.85
+    assert (problem.hard_constraint(core).scale[:, 1] > 0.97).all() and problem.hard_constraint(centre).scale[0, 0] > 0.85
 
 
 def test_observations_are_u_plus_the_stated_relative_noise():
@@ -162,8 +162,8 @@ def test_observations_on_the_boundary_are_accepted():
 @pytest.mark.slow
 def test_a_short_run_lowers_the_error_of_k_and_reports_it_per_output(tmp_path):
     """Two levels (1 + 4x4 subdomains), 400 Adam steps on a 24x24 grid, 300 observations, k's
-    coarse scale only: the recovered k's rel L2 halves, from the initial networks' 0.228 to 0.115
-    (measured; k ≡ 1, its boundary value, is 0.24 off). The bound 0.6x leaves room for round-off."""
+    coarse scale only: the recovered k's rel L2 drops from the initial networks' 0.229 to 0.068
+    (measured; k ≡ 1, its boundary value, is 0.24 off). The bound 0.6x leaves a wide margin."""
     cfg = load_config(data={
         "problem": {"name": "darcy_inverse", "params": {"n_observations": 300, "fine_amplitude": 0.0}},
         "decomposition": {"levels": [{"subdomains": 1}, {"subdomains": 4}]},

@@ -56,7 +56,7 @@ class DarcyInverse(Problem):
     """m_c: the coarse scale is sin(m_c πx) sin(m_c πy) (a positive integer, so k = 1 on the boundary)."""
     fine_amplitude: float = 0.2
     """a_f: amplitude of the fine scale of k."""
-    fine_wavenumber: int = 16
+    fine_wavenumber: int = 8
     """m_f: the fine scale is sin(m_f πx) sin(m_f πy) (a positive integer)."""
     n_observations: int = 2000
     """Number of observations of u (>= 1)."""
@@ -64,7 +64,7 @@ class DarcyInverse(Problem):
     """Relative noise of the observations (>= 0): σ = noise × RMS of the exact u over them."""
     data_seed: int = 0
     """Seed of the observation points and of the noise."""
-    data_weight: float = 1e3
+    data_weight: float = 1e4
     """Weight of the data misfit mean((u − u_obs)²) against the PDE residual's weight 1 (> 0)."""
     inputs = ("x", "y")
     outputs = ("u", "k")

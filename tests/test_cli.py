@@ -133,14 +133,16 @@ def test_non_finite_loss_stops_with_exit_status_3(nan_run, capsys):
     assert not (run_dir / "checkpoint.h5").exists()
 
 
-def test_non_finite_ansatz_at_step_1_is_named(tmp_path, small_run, capsys):
+@pytest.mark.parametrize("derivatives", ["jets", "fd"])  # fd: the ansatz is at the stencil points
+def test_non_finite_ansatz_at_step_1_is_named(tmp_path, small_run, capsys, derivatives):
     source = NAN_PROBLEM.replace("float(\"nan\")", "1.0") + """
     def hard_constraint(self, x):
         from ddpinn.problems import HardConstraint
         return HardConstraint(scale=x[:, 0] / x[:, 0])   # 0/0 at x = 0
 """
     (tmp_path / "broken.py").write_text(source)
-    config = write_yaml(tmp_path / "nan.yaml", small_run(problem={"name": f"{tmp_path / 'broken.py'}:Broken"}))
+    data = small_run(problem={"name": f"{tmp_path / 'broken.py'}:Broken"}, model={"derivatives": derivatives})
+    config = write_yaml(tmp_path / "nan.yaml", data)
     assert main(["train", str(config), "--quiet"]) == 3
     err = capsys.readouterr().err
     assert "the hard-constraint ansatz (Broken.hard_constraint, its scale) is not finite at 1 point(s), e.g. x = [0.0]" in err

@@ -40,8 +40,10 @@ def _bad_points(values: Tensor, x: Tensor) -> tuple[int, list[float] | None]:
 
 def _local_cause(model, objective: Objective, batch: EvaluationBatch) -> str | None:
     problem = type(objective.problem).__name__
+    # The constraint's jets are at the evaluated own rows: the stencil points under finite differences.
+    rows_x = batch.x if batch.stencil is None else torch.from_numpy(batch.stencil.points)
     for what, jets in (("scale", batch.constraint_product), ("shift", batch.constraint_shift)):
-        count, x = _bad_points(jets, batch.x)
+        count, x = _bad_points(jets, rows_x.to(jets.device))
         if count:
             return (f"the hard-constraint ansatz ({problem}.hard_constraint, its {what}) is not finite at {count} "
                     f"point(s), e.g. x = {x}")

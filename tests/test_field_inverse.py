@@ -162,12 +162,12 @@ def test_observations_on_the_boundary_are_accepted():
 @pytest.mark.slow
 def test_a_short_run_lowers_the_error_of_k_and_reports_it_per_output(tmp_path):
     """Two levels (1 + 4x4 subdomains), 400 Adam steps on a 24x24 grid, 300 observations, k's
-    coarse scale only: the recovered k's rel L2 drops from the initial networks' 0.229 to 0.068
-    (measured; k ≡ 1, its boundary value, is 0.24 off). The bound 0.6x leaves a wide margin."""
+    coarse scale only: the recovered k's rel L2 halves, from the initial networks' 0.229 to 0.111
+    (measured; k ≡ 1, its boundary value, is 0.24 off). The bound 0.6x leaves room for round-off."""
     cfg = load_config(data={
         "problem": {"name": "darcy_inverse", "params": {"n_observations": 300, "fine_amplitude": 0.0}},
         "decomposition": {"levels": [{"subdomains": 1}, {"subdomains": 4}]},
-        "network": {"hidden": [16], "output_scale": [1.0, 0.5]},
+        "network": {"hidden": [16], "output_scale": [0.25, 0.5]},
         "optimizer": {"lr": 5e-3},
         "sampling": {"method": "grid", "n": [24, 24], "test_n": [30, 30]},
         "train": {"steps": 400, "log_every": 200, "eval_every": 200, "compile": "off"},

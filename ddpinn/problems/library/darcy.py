@@ -41,7 +41,7 @@ from ddpinn.problems.ansatz import box_bubble
 from ddpinn.problems.base import Constraint, Derivatives, HardConstraint, Points, Problem, ProblemError
 from ddpinn.problems.registry import register
 
-__all__ = ["DarcyInverse", "U_BUMP"]
+__all__ = ["U_BUMP", "DarcyInverse"]
 
 U_BUMP = 0.25
 """b in u = x + y + b sin(πx) sin(πy): below 1/π, so that ∇u never vanishes."""

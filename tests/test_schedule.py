@@ -170,7 +170,7 @@ def test_user_scheduler_from_a_file(tmp_path):
     [
         ("missing.py:EvenFirst", ["schedule.kind", "'missing.py' not found"]),
         ("sched.py:Absent", ["schedule.kind", "defines no 'Absent'"]),
-        ("sched.py:NotASchedule", ["schedule.kind", "not a SubdomainSchedule subclass"]),
+        ("sched.py:NotASchedule", ["schedule.kind", "not a ddpinn SubdomainSchedule subclass"]),
         ("sched.py:NoTransitions", ["schedule.kind", "does not implement transitions"]),
         ("sched.py:Forgetful", ["schedule.kind", "changes between steps 0 and 29 without a transition"]),
         ("sched.py:WrongShape", ["schedule.kind", "WrongShape.roles(0)[0] must be [1] integer Role values"]),

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
-import sys
-import traceback
 import typing
 from pathlib import Path
 from typing import Any
 
 from ddpinn.config import ConfigError, convert_value
 from ddpinn.problems.base import Problem, ProblemError
+from ddpinn.user_code import UserCodeError, load_user_class
 
 __all__ = ["register", "problem_class", "make_problem", "registered"]
 
@@ -55,46 +53,10 @@ def problem_class(name: str, base_dir: Path | None = None) -> type[Problem]:
             f"problem.name: unknown problem {name!r}; choose one of {sorted(_REGISTRY)} "
             f"or give 'path/to/file.py:ClassName'"
         )
-    where, cls_name = name.rsplit(":", 1)
-    if where.endswith(".py"):
-        path = Path(where)
-        if not path.is_absolute() and base_dir is not None and not path.exists():
-            path = base_dir / path
-        if not path.exists():
-            raise ProblemError(f"problem.name: file {where!r} not found (looked in {path.resolve().parent})")
-        mod_name = f"ddpinn_user_problem_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as err:  # noqa: BLE001 - a user's file may fail in any way; report where
-            del sys.modules[mod_name]
-            raise ProblemError(f"problem.name: {_where_it_failed(err, path)}") from None
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as err:
-            raise ProblemError(f"problem.name: cannot import module {where!r}: {err}") from None
-    cls = getattr(module, cls_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Problem)):
-        raise ProblemError(f"problem.name: {cls_name!r} in {where!r} is not a ddpinn Problem subclass")
-    return cls
-
-
-def _where_it_failed(err: BaseException, path: Path) -> str:
-    """``file:line: what`` for an error raised while importing the user's ``path``, with the
-    offending source line; the traceback through ddpinn and importlib says nothing more."""
-    if isinstance(err, SyntaxError):
-        line, text, what = err.lineno, err.text, f"syntax error: {err.msg}"
-    else:
-        frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve() == path.resolve()]
-        line = frames[-1].lineno if frames else None
-        text = frames[-1].line if frames else None
-        what = f"{type(err).__name__}: {err}"
-    where = f"{path}:{line}" if line else str(path)
-    return f"{where}: {what}" + (f"\n    {text.strip()}" if text and text.strip() else "")
+    try:
+        return load_user_class(name, Problem, base_dir)
+    except UserCodeError as err:
+        raise ProblemError(f"problem.name: {err}") from None
 
 
 def make_problem(name: str, params: dict[str, Any] | None = None, base_dir: Path | None = None) -> Problem:

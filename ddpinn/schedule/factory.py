@@ -9,9 +9,6 @@ before any work. Called by :func:`ddpinn.build.build_experiment`.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +18,7 @@ import numpy as np
 from ddpinn.config import ConfigError
 from ddpinn.schedule.base import Role, ScheduleContext, SubdomainSchedule
 from ddpinn.schedule.builtin import AllActive, CoarseToFine, Sweep
+from ddpinn.user_code import UserCodeError, load_user_class
 
 if TYPE_CHECKING:
     from ddpinn.config import SubdomainScheduleConfig
@@ -153,36 +151,12 @@ def schedule_class(reference: str, base_dir: Path | None = None) -> type[Subdoma
     """The class named by ``path/to/file.py:ClassName`` (relative to ``base_dir`` if not found
     from the working directory) or ``package.module:ClassName``; it must subclass
     :class:`SubdomainSchedule`."""
-    where, _, cls_name = reference.rpartition(":")
-    if where.endswith(".py"):
-        path = Path(where)
-        if not path.is_absolute() and base_dir is not None and not path.exists():
-            path = base_dir / path
-        if not path.exists():
-            raise ConfigError(f"schedule.kind: scheduler file {where!r} not found (looked in {path.resolve().parent})")
-        mod_name = f"ddpinn_user_schedule_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as err:  # noqa: BLE001 - a user's file may fail in any way; report where
-            del sys.modules[mod_name]
-            raise ConfigError(f"schedule.kind: importing {path} failed: {type(err).__name__}: {err}") from None
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as err:
-            raise ConfigError(f"schedule.kind: cannot import module {where!r}: {err}") from None
-    cls = getattr(module, cls_name, None)
-    if cls is None:
-        raise ConfigError(f"schedule.kind: {where!r} defines no {cls_name!r}")
-    if not (isinstance(cls, type) and issubclass(cls, SubdomainSchedule)):
-        raise ConfigError(f"schedule.kind: {cls_name!r} in {where!r} is not a SubdomainSchedule subclass; "
-                          "subclass ddpinn.schedule.SubdomainSchedule and implement roles() and transitions()")
+    try:
+        cls = load_user_class(reference, SubdomainSchedule, base_dir)
+    except UserCodeError as err:
+        raise ConfigError(f"schedule.kind: {err}") from None
     abstract = sorted(getattr(cls, "__abstractmethods__", ()))
     if abstract:
-        raise ConfigError(f"schedule.kind: {cls_name} in {where!r} does not implement {', '.join(abstract)} "
+        raise ConfigError(f"schedule.kind: {reference!r}: {cls.__name__} does not implement {', '.join(abstract)} "
                           "of the SubdomainSchedule interface")
     return cls

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -76,3 +77,18 @@ def small_experiment(levels=3, method="grid", n=(40, 40), policy="auto", problem
         **extra,
     }
     return build_experiment(load_config(data=data))
+
+
+def snapshot_at(monkeypatch, step: int, target: Path) -> None:
+    """Copy the run directory to ``target`` right after the trainer writes the checkpoint of
+    ``step`` (the state a crash just after it would leave)."""
+    from ddpinn.train.trainer import Trainer
+
+    original = Trainer.save
+
+    def save(self, at_step):
+        original(self, at_step)
+        if at_step == step:
+            shutil.copytree(self.run_dir, target)
+
+    monkeypatch.setattr(Trainer, "save", save)

@@ -3,14 +3,13 @@ and training with roles (dropped points, fixed contributions, masked Adam, resum
 
 from __future__ import annotations
 
-import shutil
 import textwrap
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import write_yaml
+from helpers import snapshot_at, write_yaml
 
 from ddpinn.build import build_experiment
 from ddpinn.cli import main
@@ -23,7 +22,6 @@ from ddpinn.parallel.layout import ParallelLayout
 from ddpinn.schedule import Role
 from ddpinn.train.masked_adam import MaskedAdam
 from ddpinn.train.scheduled import kept_points, phase_batch
-from ddpinn.train.trainer import Trainer
 
 BURGERS = {
     "problem": {"name": "burgers"},
@@ -310,17 +308,6 @@ def test_masked_adam_level_lr_factors_and_finite_flag():
         torch.testing.assert_close(delta, torch.full_like(delta, 0.01 * factor), rtol=1e-6, atol=0)
 
 
-def _snapshot_at(monkeypatch, step: int, target):
-    original = Trainer.save
-
-    def save(self, at_step):
-        original(self, at_step)
-        if at_step == step:
-            shutil.copytree(self.run_dir, target)
-
-    monkeypatch.setattr(Trainer, "save", save)
-
-
 def _arrays(path):
     with h5py.File(path, "r") as f:
         out = {}
@@ -338,7 +325,7 @@ def test_resume_through_a_transition_equals_the_uninterrupted_run(schedule, tmp_
             "run": {**WAVE["run"], "output_dir": str(tmp_path / "runs"), "name": "run"}}
     config = write_yaml(tmp_path / "run.yaml", data)
     crashed = tmp_path / "crashed"
-    _snapshot_at(monkeypatch, 5, crashed)
+    snapshot_at(monkeypatch, 5, crashed)
     assert main(["train", str(config)]) == 0
     monkeypatch.undo()
     out = capsys.readouterr().out

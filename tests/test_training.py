@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import snapshot_at, write_yaml
 
 from ddpinn.build import build_experiment
 from ddpinn.cli import main
@@ -23,8 +24,6 @@ from ddpinn.session import run_training
 from ddpinn.train.lbfgs import LBFGS
 from ddpinn.train.objective import Objective
 from ddpinn.train.schedules import learning_rate
-from ddpinn.train.trainer import Trainer
-from helpers import write_yaml
 
 
 def test_p1_cos1d_trains_below_the_measured_error_bound(tmp_path):
@@ -114,18 +113,6 @@ RESUME_CASES = {
 }
 
 
-def _snapshot_at(monkeypatch, step: int, target):
-    """Copy the run directory right after the checkpoint of ``step`` is written."""
-    original = Trainer.save
-
-    def save(self, at_step):
-        original(self, at_step)
-        if at_step == step:
-            shutil.copytree(self.run_dir, target)
-
-    monkeypatch.setattr(Trainer, "save", save)
-
-
 def _h5_contents(path):
     """(datasets, attributes): the config attribute parsed, less its run directory; the time of
     writing and the attribute checksums (which cover the run directory) left out."""
@@ -164,7 +151,7 @@ def test_resumed_run_equals_the_uninterrupted_run(case, small_run, tmp_path, mon
     full = tmp_path / "runs" / "run"
     crashed = tmp_path / "crashed"
 
-    _snapshot_at(monkeypatch, resume_at, crashed)
+    snapshot_at(monkeypatch, resume_at, crashed)
     assert main(["train", str(config), "--quiet"]) == 0
     monkeypatch.undo()
     assert _h5_contents(crashed / "checkpoint.h5")[1]["step"] == resume_at

@@ -198,7 +198,10 @@ def test_a_rank_that_raises_stops_every_rank_within_seconds_and_is_named(tmp_pat
         assert re.fullmatch(rf"ddpinn: rank 0 of 2 stopped: rank 1 failed with {error}: problem.params: injected fault "
                             r"\(noticed by rank 0 in (neighbour exchange|all_reduce) #\d+\)", line), line
     elif launcher == "mpiexec":  # mpiexec returns the status of the first rank to exit: the failing one
-        assert job.returncodes == [status], job.all_stderr[-3000:]
+        # MPICH's hydra ORs the ranks' exit codes; the peer it kills after the failing rank's exit
+        # is usually counted as 0, but a race in hydra can OR its SIGKILL (9) in (pmodels/mpich
+        # #5930, #7057): 1 then reads 9 (seen once in CI, with every core busy).
+        assert job.returncodes[0] in (status, status | 9), job.all_stderr[-3000:]
     else:  # torchrun exits 1 and names the failing rank and its status
         assert job.returncodes == [1]
         assert re.search(rf"rank\s*: 1 \(local_rank: 1\)\s*\n\s*exitcode\s*: {status} ", job.all_stderr), job.all_stderr

@@ -141,6 +141,34 @@ def timing_worker(case: str, variants: list[str], mode: str, chunk: int, rounds:
     return times
 
 
+def interleaved_times(case: str, variants: list[str], mode: str, chunk: int, rounds: int,
+                      extra: list[str]) -> dict[str, dict[str, list[float]]]:
+    """:func:`timing_worker` in a fresh, niced, one-thread process: {variant: {"wall" | "cpu": [ms
+    per step of each round]}}."""
+    cmd = ["nice", sys.executable, __file__, "--timing-worker", case, json.dumps(variants), mode, str(chunk),
+           str(rounds), json.dumps(extra)]
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def step_time_rows(quick: bool) -> list[dict]:
+    """benchmarks/inverse.py's rows for the fd case: each fd variant's interleaved ms/step (wall and
+    CPU, median over the rounds) on P1 and P4 L=4, ``truth`` the jets figure and ``rel_err`` =
+    fd / jets - 1. Time to a given error is this script's own (longer) job."""
+    variant = "fd:0.02"
+    rows = []
+    for case in CASES:
+        settings = (QUICK if quick else FULL)[case]
+        times = interleaved_times(case, ["jets", variant], "eager", 20 if quick else 40, 3 if quick else 5,
+                                  settings["overrides"])
+        for clock in ("wall", "cpu"):
+            jets, fd = (statistics.median(times[v][clock]) for v in ("jets", variant))
+            rows.append({"case": f"fd_vs_jets/{case}", "quantity": f"{variant} {clock} ms/step", "value": fd,
+                         "truth": jets, "rel_err": fd / jets - 1})
+    return rows
+
+
 def rows_of(runs: list[dict]) -> list[dict]:
     """The inverse.py-style rows: each fd figure against the jets figure of its seed and mode."""
     jets = {(r["case"], r["mode"], r["seed"]): r for r in runs if r["variant"] == "jets"}
@@ -192,10 +220,7 @@ def main() -> None:
         s = settings[case]
         for mode in args.modes:
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            cmd = ["nice", sys.executable, __file__, "--timing-worker", case, json.dumps(args.variants), mode,
-                   str(args.chunk), str(args.rounds), json.dumps(s["overrides"])]
-            out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-            interleaved = json.loads(out.stdout.strip().splitlines()[-1])
+            interleaved = interleaved_times(case, args.variants, mode, args.chunk, args.rounds, s["overrides"])
             print(f"{case} {mode} interleaved ms/step (median [min-max] of {args.rounds} rounds): " + "; ".join(
                 f"{v} {statistics.median(t['wall']):.2f} [{min(t['wall']):.2f}-{max(t['wall']):.2f}], CPU "
                 f"{statistics.median(t['cpu']):.2f} [{min(t['cpu']):.2f}-{max(t['cpu']):.2f}]"

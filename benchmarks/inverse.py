@@ -14,6 +14,9 @@
                                                                                  vs true k (benchmarks/inverse_field.py)
     darcy_inverse_ranks   the quick config, shortened, float64, on 1 and 2       max loss difference, k error difference
                           ranks (mpiexec -n 2)
+    fd_vs_jets            P1 and P4 L=4 with model.derivatives fd (h 0.02)       ms/step (wall and CPU), truth: jets,
+                          and jets, timed in turns in one process                rel_err = fd / jets - 1
+                          (benchmarks/fd_vs_jets.py; time to error: its own run)
 
 Every run is ``ddpinn train CONFIG --set ...`` in a subprocess (the command is stored with its
 rows), with ``run.threads=1``, into ``OUT/runs/<case>_<variant>_seed<k>``. Writes the rows
@@ -47,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 from conditioned import run_conditioned
+from fd_vs_jets import step_time_rows
 from inverse_field import RANKS_OVERRIDES as FIELD_RANKS_OVERRIDES
 from inverse_field import run_field, run_field_ranks
 
@@ -185,6 +189,15 @@ def run_discovery_ranks(case: Case, args: argparse.Namespace) -> list[Row]:
     ]
 
 
+def run_fd_vs_jets(args: argparse.Namespace) -> list[Row]:
+    """FD against jets ms/step on P1 and P4 L=4 (benchmarks/fd_vs_jets.py's interleaved timing)."""
+    rows = [Row(**row, command=f"python benchmarks/fd_vs_jets.py{' --quick' if args.quick else ''}")
+            for row in step_time_rows(args.quick)]
+    for r in rows:
+        print(f"{r.case} {r.quantity}: {r.value:.2f} (jets {r.truth:.2f}, {100 * r.rel_err:+.0f}%)", flush=True)
+    return rows
+
+
 RANKS_OVERRIDES = {"train.steps": "300", "problem.params.warmup": "100", "problem.params.every": "50",
                    "problem.params.observations": "[64, 32]", "run.dtype": "float64",
                    "train.log_every": "50", "train.eval_every": "0", "run.plots": "false"}
@@ -195,6 +208,7 @@ CASES = [
     Case("cos1d_conditioned", run_conditioned, "cos1d_conditioned.yaml", "cos1d_conditioned_quick.yaml"),
     Case("darcy_inverse", run_field, "darcy_inverse.yaml", "darcy_inverse_quick.yaml"),
     Case("darcy_inverse_ranks", run_field_ranks, None, "darcy_inverse_quick.yaml", FIELD_RANKS_OVERRIDES),
+    Case("fd_vs_jets", lambda case, args: run_fd_vs_jets(args), None, "cos1d.yaml"),
 ]
 
 
@@ -216,8 +230,9 @@ def table(rows: list[Row], quick: bool) -> str:
         lines.append(f"| {case} | {variant} | {seed} | {true} | {extra or 'none'} | {verdict} |")
     others = [r for r in rows if not r.quantity.startswith("xi[") and r.seed is None]
     if others:
-        lines += ["", "| case | quantity | value |", "|---|---|---|"]
-        lines += [f"| {r.case} | {r.quantity}{' ' + r.variant if r.variant else ''} | {r.value:.3g} |" for r in others]
+        lines += ["", "| case | quantity | value | reference (truth) |", "|---|---|---|---|"]
+        lines += [f"| {r.case} | {r.quantity}{' ' + r.variant if r.variant else ''} | {r.value:.3g} | "
+                  f"{'' if r.truth is None else f'{r.truth:.3g}'} |" for r in others]
     return "\n".join(lines)
 
 

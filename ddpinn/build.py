@@ -133,7 +133,9 @@ class Experiment:
     def fourier(self) -> FourierFeatures | None:
         """The networks' Fourier-feature inputs (``network.fourier``); None when off."""
         f = self.cfg.network.fourier
-        return None if f is None else FourierFeatures(f.features, f.sigma, f.trainable)
+        if f is None:
+            return None
+        return FourierFeatures(f.features, tuple(f.sigma) if isinstance(f.sigma, list) else f.sigma, f.trainable)
 
     @property
     def adaptive(self) -> AdaptiveSlope | None:
@@ -311,6 +313,13 @@ def build_experiment(cfg: Config, base_dir: Path | None = None) -> Experiment:
     scale = per_output(cfg.network.output_scale, problem.output_scale, "output_scale")
     if any(not s > 0 for s in scale):
         raise ConfigError(f"network.output_scale: must be > 0, got {list(scale)}")
+
+    fourier = cfg.network.fourier
+    if fourier is not None and isinstance(fourier.sigma, list) and len(fourier.sigma) != dim:
+        raise ConfigError(
+            f"network.fourier.sigma: {len(fourier.sigma)} per-axis values for {dim} input axes {list(problem.inputs)}; "
+            "give one per axis in that order, or a single number for all"
+        )
 
     s = cfg.sampling
     for name in ("n", "test_n"):

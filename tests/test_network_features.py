@@ -43,6 +43,7 @@ CASES = {
     "adaptive-layer-tanh": NetCase((2, 6, 5, 2), "tanh", adaptive=LAYER),
     "adaptive-neuron-sin": NetCase((2, 6, 5, 1), "sin", adaptive=NEURON),
     "fourier-and-neuron-tanh": NetCase((2, 5, 4, 1), "tanh", FourierFeatures(2, 1.0, trainable=True), NEURON),
+    "fourier-per-axis-tanh": NetCase((2, 6, 5, 1), "tanh", FourierFeatures(3, (0.5, 3.0))),
 }
 
 
@@ -124,7 +125,10 @@ def test_jets_equal_autograd_of_the_scalar_reference(case_name, spec_name):
 @pytest.mark.parametrize("case_name", list(CASES))
 def test_third_order_jets_in_one_dimension(case_name):
     case = CASES[case_name]
-    net = make_net(NetCase((1, *case.sizes[1:]), case.activation, case.fourier, case.adaptive))
+    fourier = case.fourier
+    if fourier is not None and isinstance(fourier.sigma, tuple):  # one σ per axis: keep the first axis's
+        fourier = FourierFeatures(fourier.features, fourier.sigma[:1], fourier.trainable)
+    net = make_net(NetCase((1, *case.sizes[1:]), case.activation, fourier, case.adaptive))
     fast, reference = both_jets(net, full_spec(1, 3))
     torch.testing.assert_close(fast, reference.detach(), rtol=1e-10, atol=1e-10)
 
@@ -233,6 +237,9 @@ BASE = {
         ("network.fourier={features: 4, sigma: 0}", ["network.fourier.sigma: must be > 0, got 0"]),
         ("network.fourier={features: 4, sigma: -2}", ["network.fourier.sigma: must be > 0, got -2"]),
         ("network.fourier={features: 4, sigma: 1, bandwidth: 3}", ["network.fourier.bandwidth: unknown key"]),
+        ("network.fourier={features: 4, sigma: [1, 0]}", ["network.fourier.sigma[1]: must be > 0, got 0"]),
+        ("network.fourier={features: 4, sigma: []}", ["network.fourier.sigma: the per-axis list is empty"]),
+        ("network.fourier={features: 4, sigma: [1, x]}", ["network.fourier.sigma[1]: expected float, got 'x'"]),
         ("network.adaptive_activation.kind=layers", ["network.adaptive_activation.kind: 'layers' is not one of"]),
         ("network.adaptive_activation.scale=0", ["network.adaptive_activation.scale: must be > 0, got 0"]),
     ],
@@ -275,6 +282,34 @@ def test_frequencies_do_not_depend_on_which_subdomains_a_process_holds():
     torch.testing.assert_close(part, full[[1, 4]], rtol=0, atol=0)
     assert not torch.equal(full[1], full[4])
     assert full.std().item() == pytest.approx(2.0, rel=0.3)
+
+
+def test_per_axis_sigma_needs_one_value_per_input_axis():
+    data = json.loads(json.dumps(BASE))
+    data["network"]["fourier"] = {"features": 4, "sigma": [1.0, 2.0]}
+    with pytest.raises(ConfigError, match=r"network\.fourier\.sigma: 2 per-axis values for 1 input axes \['x'\]"):
+        build_experiment(load_config(data=data))
+
+
+def test_per_axis_sigma_scales_the_columns_of_the_same_draws():
+    """sigma [s_x, s_omega] gives column a of B = s_a times the standard draws: the isotropic B of
+    sigma 1 rescaled per column; a list of equal values is the single number, bit for bit; and a
+    subdomain's B is still the same in a model holding a subset of the subdomains."""
+    data = json.loads(json.dumps(BASE))
+    data["problem"] = {"name": "cos1d", "conditioned": {"omega": [5.0, 15.0]}}
+    frequencies = {}
+    for name, sigma in (("unit", 1.0), ("per_axis", [0.5, 4.0]), ("equal", [2.0, 2.0]), ("single", 2.0)):
+        data["network"]["fourier"] = {"features": 64, "sigma": sigma}
+        exp = build_experiment(load_config(data=data))
+        frequencies[name] = exp.make_model().nets[0].frequencies
+    assert frequencies["per_axis"].shape == (6, 64, 2)
+    torch.testing.assert_close(frequencies["per_axis"], frequencies["unit"] * torch.tensor([0.5, 4.0], dtype=F64),
+                               rtol=0, atol=0)
+    assert torch.equal(frequencies["equal"], frequencies["single"])
+    part = exp.make_model(held=[np.array([2, 5])]).nets[0].frequencies
+    assert torch.equal(part, frequencies["single"][[2, 5]])
+    spread = frequencies["per_axis"].std(dim=(0, 1))
+    assert spread[0].item() == pytest.approx(0.5, rel=0.2) and spread[1].item() == pytest.approx(4.0, rel=0.2)
 
 
 # ----------------------------------------------------------------------------- training and checkpoints
@@ -348,6 +383,7 @@ def test_fixed_frequencies_come_from_the_checkpoint_not_the_seed(tmp_path):
     "override, listed",
     [
         ("network.fourier.sigma=2.0", "network.fourier.sigma: 1.0 -> 2.0"),
+        ("network.fourier.sigma=[1.0]", "network.fourier.sigma: 1.0 -> [1.0]"),
         ("network.adaptive_activation.kind=layer", 'network.adaptive_activation.kind: "none" -> "layer"'),
     ],
 )

@@ -130,9 +130,11 @@ class FourierConfig:
 
     features: int = 16
     """m, frequencies per subdomain network (>= 1); the first dense layer sees 2m inputs."""
-    sigma: float = 1.0
+    sigma: float | list[float] = 1.0
     """Standard deviation of B's entries (> 0), in cycles per normalised unit: a subdomain of
-    width w resolves about sigma·2/w cycles per unit length of x well."""
+    width w resolves about sigma·2/w cycles per unit length of x well. A list gives one per input
+    axis, in the problem's input order (conditioned parameters last), e.g. ``[1, 4]`` for
+    (x, omega) when the solution oscillates faster along omega than along x in a subdomain."""
     trainable: bool = False
     """Train B (per subdomain) with the weights; false keeps it fixed at its draw."""
 
@@ -142,7 +144,15 @@ class FourierConfig:
                 f"network.fourier.features: need at least 1 frequency, got {self.features} "
                 "(to switch Fourier features off, set network.fourier: null)"
             )
-        _positive("network.fourier.sigma", self.sigma)
+        if isinstance(self.sigma, list):
+            if not self.sigma:
+                raise ConfigError(
+                    "network.fourier.sigma: the per-axis list is empty; give one value per input axis or a single number"
+                )
+            for i, value in enumerate(self.sigma):
+                _positive(f"network.fourier.sigma[{i}]", value)
+        else:
+            _positive("network.fourier.sigma", self.sigma)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -198,7 +208,8 @@ class NetworkConfig:
     fourier: FourierConfig | None = None
     """Fourier-feature inputs, e.g. ``{features: 16, sigma: 5, trainable: false}``: each network
     sees [sin(2πB x̂), cos(2πB x̂)] of its normalised input x̂, B [features, dim] ~ N(0, sigma²) per
-    subdomain (``trainable``: B is learnt too). null: off."""
+    subdomain (``trainable``: B is learnt too). ``sigma`` may be a list, one per input axis in the
+    problem's input order (``[0.25, 3]`` for (x, omega): column a of B ~ N(0, sigma[a]²)). null: off."""
     adaptive_activation: AdaptiveActivationConfig = field(default_factory=AdaptiveActivationConfig)
     """Trainable activation slopes σ(n·a·z), per hidden layer or per unit of each subdomain network."""
 

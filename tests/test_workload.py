@@ -1,6 +1,7 @@
 """The workload (per-rank own points, pairs per level, halo points, parameters) counted per axis
-equals the counts of the real points and batches, which it never builds; the layout's neighbour
-sets equal those of the per-subdomain algorithm they replaced."""
+equals the counts of the real points and batches, which it never builds (with finite differences,
+within a tolerance: the stencil points near the faces); the layout's neighbour sets equal those
+of the per-subdomain algorithm they replaced."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from ddpinn.model.batch import build_batch
 from ddpinn.parallel.analysis import rank_traffic
 from ddpinn.parallel.exchange.plan import halo_requests
 from ddpinn.parallel.layout import ParallelLayout
+from ddpinn.parallel.memory import batch_counts
 from ddpinn.parallel.policy import plan_layout
-from ddpinn.parallel.workload import Intervals, PointCounter, workload
+from ddpinn.parallel.workload import EvaluatedRows, Intervals, PointCounter, workload
 
 FACES_AND_DATA = textwrap.dedent(
     """
@@ -64,11 +66,11 @@ CASES = [
 IDS = [c[0] for c in CASES]
 
 
-def experiment(tmp_path, problem, levels, n, method="grid", policy="auto"):
+def experiment(tmp_path, problem, levels, n, method="grid", policy="auto", **extra):
     if problem == "plate":
         (tmp_path / "plate.py").write_text(FACES_AND_DATA)
         problem = f"{tmp_path / 'plate.py'}:Plate"
-    return small_experiment(levels, method, n, policy, problem)
+    return small_experiment(levels, method, n, policy, problem, **extra)
 
 
 def layout_for(exp, ranks):
@@ -76,29 +78,44 @@ def layout_for(exp, ranks):
 
 
 def measured(exp, layout, rank):
-    """The rank's real counts: its points, halo points from the exchange plan's requests, and the
-    pairs of the batch the trainer would build from them."""
-    dim = exp.problem.dim
+    """The rank's real counts, as :func:`~ddpinn.parallel.exchange.plan.build_distributed_batch`
+    makes them: its points, the rows it evaluates for them (their stencil points with
+    ``model.derivatives: fd``), halo rows from the exchange plan's requests, the pairs of the
+    batch the trainer would build from them, and that batch."""
+    dim, fd = exp.problem.dim, exp.finite_difference
 
     def own(r):
-        return exp.training_points(0, layout.block(r))
+        """(points per loss term, the stencil or None, the evaluated rows [n_rows, dim])."""
+        groups = exp.training_points(0, layout.block(r))
+        x = np.concatenate(list(groups.values()))
+        stencil = None if fd is None else fd.stencil(x, exp.spec)
+        return groups, stencil, x if stencil is None else stencil.points
 
-    groups = own(rank)
+    groups, stencil, _ = own(rank)
+    # A stencil point can lie in a subdomain of a rank that is no neighbour of the layout.
+    others = layout.neighbours(rank) if fd is None else [q for q in range(layout.world_size) if q != rank]
     halo = [
-        np.concatenate(list(own(q).values()))[rows]
-        for q in layout.neighbours(rank)
-        if (rows := halo_requests(layout, q, np.concatenate(list(own(q).values()))).get(rank)) is not None
+        rows_q[requested]
+        for q in others
+        if (requested := halo_requests(layout, q, rows_q := own(q)[2]).get(rank)) is not None
     ]
     halo = np.concatenate(halo) if halo else np.zeros((0, dim))
     batch = build_batch(
         exp.problem, exp.decomposition, exp.window, exp.spec, groups, held=layout.held(rank), halo=halo,
         halo_levels=[layout.is_partitioned(l) for l in range(exp.decomposition.n_levels)], dtype=torch.float64,
+        stencil=stencil,
     )
     return {
         "own": {k: len(v) for k, v in groups.items()},
         "halo": halo.shape[0],
         "pairs": {l: cov.n_pairs for l, cov in enumerate(batch.levels)},
+        "batch": batch,
     }
+
+
+def within_expectation(expected, real):
+    """An expected count against a real one: 4 standard deviations of a Poisson count plus 3%."""
+    return abs(expected - real) <= 4 * np.sqrt(real) + 0.03 * real
 
 
 @pytest.mark.parametrize("name, problem, levels, n, ranks, policy", CASES, ids=IDS)
@@ -152,16 +169,49 @@ def test_random_points_counts_are_expectations(tmp_path, method, name, problem, 
     layout = layout_for(exp, ranks)
     work = workload(exp, layout)
     assert not work.exact
-
-    def close(expected, real):
-        return abs(expected - real) <= 4 * np.sqrt(real) + 0.03 * real
-
+    close = within_expectation
     for rank in range(ranks):
         real, counted = measured(exp, layout, rank), work.ranks[rank]
         if method == "uniform":
             assert counted.own_points == real["own"], rank
         else:
             assert all(close(counted.own_points[k], v) for k, v in real["own"].items()), (counted.own_points, real)
+        assert close(counted.halo_points, real["halo"]), (rank, counted.halo_points, real["halo"])
+        for l, pairs in real["pairs"].items():
+            assert close(counted.pairs_by_level[l], pairs), (rank, l, counted.pairs_by_level[l], pairs)
+
+
+FD_CASES = [  # (case of CASES, sampling method)
+    ("P4 L3, 1 rank", "grid"), ("P4 L4, 2 ranks partitioned, uneven grid", "grid"),
+    ("P4 L4, 2 ranks partitioned, uneven grid", "uniform"), ("heat 3-D, 4 ranks", "grid"), ("cos1d, 3 ranks", "uniform"),
+]
+STENCIL_POINTS = {"poisson2d": 5, "heat2d_ms": 7, "cos1d": 3}
+"""An interior point's stencil: u and u ± h e_a along each differentiated axis (P4: u_xx + u_yy;
+heat: u_t, u_xx, u_yy; cos1d: u_x)."""
+
+
+@pytest.mark.parametrize("case, method", FD_CASES, ids=[f"{c}, {m}" for c, m in FD_CASES])
+def test_finite_difference_counts_follow_the_stencil_points(tmp_path, case, method):
+    """With ``model.derivatives: fd`` every own point is evaluated at its stencil points: the
+    counted own rows, halo rows and pairs per level are the point counts times an interior
+    point's stencil, within the random-points tolerance of the batches the ranks build (which
+    take a few more points near the faces: one-sided formulas); and ``batch_counts`` reads the
+    same split off a built batch: the stencil points are own rows, the halo rows are the other
+    ranks' requests only (none on one rank)."""
+    _, problem, levels, n, ranks, policy = next(c for c in CASES if c[0] == case)
+    exp = experiment(tmp_path, problem, levels, n, method=method, policy=policy, model={"derivatives": "fd"})
+    assert EvaluatedRows.of(exp).per_point == STENCIL_POINTS[problem]
+    layout = layout_for(exp, ranks)
+    work = workload(exp, layout)
+    close = within_expectation
+    for rank in range(ranks):
+        real, counted = measured(exp, layout, rank), work.ranks[rank]
+        batch = real["batch"]
+        read = batch_counts(batch, exp.make_model(layout.held(rank)))
+        assert (read.own_rows, read.halo_points) == (batch.stencil.n_points, real["halo"]), rank
+        assert read.pairs_by_level == real["pairs"]
+        assert counted.own_points == real["own"], rank
+        assert close(counted.own_rows, read.own_rows), (rank, counted.own_rows, read.own_rows)
         assert close(counted.halo_points, real["halo"]), (rank, counted.halo_points, real["halo"])
         for l, pairs in real["pairs"].items():
             assert close(counted.pairs_by_level[l], pairs), (rank, l, counted.pairs_by_level[l], pairs)

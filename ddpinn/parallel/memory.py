@@ -25,7 +25,8 @@ times bytes per slot, plus arrays over points, plus the parameters:
 * **step transient** — the gradients and temporaries of the level the backward pass is in: the
   window-product broadcast (J²·n_out) and about one more set of the level's activations; only
   the largest level's count, since levels are differentiated one after another. On CPU a
-  fraction of every level's temporaries stays resident (:data:`RESIDENT_TRANSIENT`).
+  fraction of every level's temporaries stays resident (:data:`RESIDENT_TRANSIENT`), and a
+  value-only level's take more than their count there (:data:`CPU_VALUE_ONLY_HEAP`).
 * **points** — the per-point partial sums ``[n_eval, J, n_out]`` (two alive while levels are
   added), the constrained jets and the residual arrays.
 * **parameters+optimizer** — parameter, gradient and Adam's two moments (and L-BFGS's history
@@ -38,6 +39,12 @@ times bytes per slot, plus arrays over points, plus the parameters:
   temporaries.
 * **baseline** — the interpreter, torch and ddpinn's imports and a built trainer (measured:
   see :data:`CPU_BASELINE_BYTES`); under CUDA the context and allocator reserve instead.
+
+With finite differences (``model.derivatives: fd``) the networks evaluate the stencil points of
+the own points value-only (:class:`~ddpinn.parallel.workload.EvaluatedRows`): every per-slot and
+per-row count above is taken with J = 1 over the counts' pairs and rows (the stencil points), and
+the own points add the stencil's map (``[n, J, K]`` int64 rows and weights in the batch) and its
+application to the final u (:func:`stencil_values`), the only place the J jets appear.
 
 The structural counts are exact for what autograd keeps (tests/test_memory_model.py checks them
 against the saved tensors); the allocator's share (:data:`RESIDENT_TRANSIENT`) and the constants
@@ -57,6 +64,7 @@ import torch
 
 from ddpinn.jets import JetSpec
 from ddpinn.model.fourier import FourierFeatures
+from ddpinn.parallel.workload import EvaluatedRows
 
 __all__ = [
     "MemoryEstimate", "RankCounts", "BatchCounts", "estimate_rank_memory", "batch_counts", "peak_memory_bytes",
@@ -94,15 +102,30 @@ largest level's: freed blocks that the next levels' differently sized tensors ca
 CPU: fitted to the step memory measured on P4 L = 3, 5, 6, 7 (0.09 to 0.23, and below 0 at
 L = 3); the caching allocator of CUDA reuses blocks by size class (assumed 0)."""
 
+CPU_VALUE_ONLY_HEAP = 4.0
+"""Resident bytes of a value-only level's step temporaries (the slots of ``model.derivatives:
+fd``) on CPU over their count (:func:`transient_values_per_slot`). The count is the tensors'
+(the profiler's peak of live tensors of one [2, 16, 1] level: 136 B per slot, counted 140), but
+a value-only layer frees several [S, H, P] temporaries per unit (the pre-activation, 2z and σ(2z)
+for tanh, then the backward's gradients and 1 - t²) which glibc keeps and the next, differently
+sized, tensors do not reuse. Measured on P4 L = 3 under fd (``benchmarks/memory_model.py
+--probe``, 0.5M-2.1M slots): the step's resident set grows by about 221 B per slot, which a
+transient of about 4x its count reproduces (292 B against 72 counted); a [2, 16, 1] level alone
+keeps 320-384 B per slot, 68 saved and 3.5-4.4x the count. Jets' temporaries are not scaled:
+their fitted :data:`RESIDENT_TRANSIENT` covers them."""
+
 BUILD_ALLOCATOR_FACTOR = 1.0
 """Measured resident bytes of building the batch over its structural count (CPU only)."""
 
 
 class RankCounts(Protocol):
     """What the estimate needs to know about a rank: :class:`ddpinn.parallel.workload.RankWorkload`
-    (analytic) or :class:`BatchCounts` (from a built batch). Level keys are 0-based indices."""
+    (analytic) or :class:`BatchCounts` (from a built batch). Level keys are 0-based indices.
+    ``own_rows``: rows evaluated for the own points (their stencil points with finite
+    differences); ``halo_points``: halo rows; pairs count evaluated rows."""
 
     own_points: Mapping[str, int]
+    own_rows: int
     halo_points: int
     pairs_by_level: Mapping[int, int]
     parameters: int
@@ -113,16 +136,19 @@ class BatchCounts:
     """:class:`RankCounts` read off a built training batch and model (the trainer's summary)."""
 
     own_points: dict[str, int]
+    own_rows: int
     halo_points: int
     pairs_by_level: dict[int, int]
     parameters: int
 
 
 def batch_counts(batch, model: torch.nn.Module) -> BatchCounts:
-    """The counts of ``batch`` (an :class:`~ddpinn.model.batch.EvaluationBatch`) and ``model``."""
+    """The counts of ``batch`` (an :class:`~ddpinn.model.batch.EvaluationBatch`) and ``model``;
+    with finite differences the own points' stencil points are own rows, not halo."""
     return BatchCounts(
         own_points={name: rows.stop - rows.start for name, rows in batch.groups.items()},
-        halo_points=batch.n_eval - batch.n_own,
+        own_rows=batch.n_own_rows,
+        halo_points=batch.n_eval - batch.n_own_rows,
         pairs_by_level={l: int(cov.n_pairs) for l, cov in enumerate(batch.levels)},
         parameters=sum(p.numel() for p in model.parameters()),
     )
@@ -205,6 +231,20 @@ def point_values(spec: JetSpec, n_out: int) -> int:
     return jets * jets * n_out + 6 * jets * n_out
 
 
+def stencil_values(spec: JetSpec, width: int, n_out: int) -> int:
+    """Values per own point of differencing u with a stencil of ``width`` entries per jet row
+    (:meth:`Stencil.apply <ddpinn.model.finite_difference.Stencil.apply>`; 0 without one): the
+    gathered values and their weighted products [J, K, n_out] and the gradient of one of them,
+    the jets [J, n_out], the residuals and their gradients. Counted, not measured: it is small
+    beside the slots (P4: 5 x 4 entries per point against ~25 slots per point)."""
+    return 3 * len(spec) * width * n_out + 4 * len(spec) * n_out if width else 0
+
+
+def stencil_bytes_per_point(spec: JetSpec, width: int, dtype_bytes: int) -> int:
+    """The stencil's map in the batch: int64 rows and weights in the run dtype, [J, K] each."""
+    return len(spec) * width * (8 + dtype_bytes)
+
+
 def batch_bytes_per_slot(dim: int, jets: int, dtype_bytes: int) -> int:
     """x_norm [dim], window_product [J, J] in the run dtype, point_index int64."""
     return (dim + jets * jets) * dtype_bytes + 8
@@ -234,12 +274,14 @@ def estimate_rank_memory(exp, workload: RankCounts, device_kind: str = "cpu", *,
         compiled = exp.cfg.train.compile != "off"
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"device_kind: {device_kind!r} is not cpu or cuda")
-    spec, dim = exp.spec, exp.problem.dim
+    evaluated, dim = EvaluatedRows.of(exp), exp.problem.dim
+    spec = evaluated.spec  # per slot and evaluated row: the value only with finite differences
     n_out = len(exp.problem.outputs)
     size = torch.empty((), dtype=exp.dtype).element_size()
     jets = len(spec)
     n_own = sum(int(v) for v in workload.own_points.values())
-    n_eval = n_own + int(workload.halo_points)
+    own_rows = int(workload.own_rows)
+    n_eval = own_rows + int(workload.halo_points)
     slots = {l: SLOTS_PER_PAIR * int(p) for l, p in workload.pairs_by_level.items()}
 
     parts: dict[str, float] = {}
@@ -248,19 +290,22 @@ def estimate_rank_memory(exp, workload: RankCounts, device_kind: str = "cpu", *,
         state += (2 * exp.cfg.lbfgs.history + 4) * workload.parameters * size
     parts["parameters+optimizer"] = state
     parts["batch"] = (sum(slots.values()) * batch_bytes_per_slot(dim, jets, size)
-                      + n_own * ((dim + jets * jets * n_out + jets * n_out) * size))
+                      + n_own * (dim * size + stencil_bytes_per_point(exp.spec, evaluated.stencil_width, size))
+                      + own_rows * (jets * jets * n_out + jets * n_out) * size)
 
     resident = RESIDENT_TRANSIENT[kind]
+    heap = CPU_VALUE_ONLY_HEAP if kind == "cpu" and jets == 1 else 1.0
     largest_transient = 0.0
     for l, n_slots in slots.items():
         sizes = exp.level_sizes[l]
-        level_transient = n_slots * transient_values_per_slot(sizes, spec, exp.fourier) * size
+        level_transient = heap * n_slots * transient_values_per_slot(sizes, spec, exp.fourier) * size
         saved = saved_values_per_slot(sizes, spec, exp.fourier)
         parts[f"activations level {l + 1}"] = n_slots * saved * size + resident * level_transient
         largest_transient = max(largest_transient, level_transient)
-    parts["step transient"] = (1 - resident) * largest_transient + n_eval * point_values(spec, n_out) * size
+    parts["step transient"] = ((1 - resident) * largest_transient + n_eval * point_values(spec, n_out) * size
+                               + n_own * stencil_values(exp.spec, evaluated.stencil_width, n_out) * size)
 
-    test_pairs, test_transient, test_build = _test_set(exp, workload, n_own, size)
+    test_pairs, test_transient, test_build = _test_set(exp, workload, n_own, own_rows, size)
     parts["test set"] = test_pairs + test_transient
 
     if kind == "cpu":
@@ -279,11 +324,12 @@ def estimate_rank_memory(exp, workload: RankCounts, device_kind: str = "cpu", *,
     return MemoryEstimate({k: int(round(v)) for k, v in parts.items()}, kind)
 
 
-def _test_set(exp, workload: RankCounts, n_own: int, size: int) -> tuple[float, float, float]:
+def _test_set(exp, workload: RankCounts, n_own: int, own_rows: int, size: int) -> tuple[float, float, float]:
     """(resident test batches, one chunk's evaluation temporaries, one chunk's host build), bytes.
 
     The rank's test points are its share of the grid (own / all collocation points); their pairs per
-    level follow the training pairs at the test grid's density. The chunk batches stay resident
+    level follow the training pairs per evaluated own row at the test grid's density (test points
+    are evaluated value-only at themselves, never through a stencil). The chunk batches stay resident
     when they fit :data:`~ddpinn.parallel.batching.TEST_CACHE_BYTES`, else one chunk at a time."""
     from ddpinn.parallel.batching import TEST_CACHE_BYTES
 
@@ -293,7 +339,7 @@ def _test_set(exp, workload: RankCounts, n_own: int, size: int) -> tuple[float, 
     grid_points = math.prod(exp.test_shape())
     share = workload.own_points.get("pde", n_own) / max(exp.collocation_count, 1)
     test_points = grid_points * min(share, 1.0)
-    density = test_points / n_own
+    density = test_points / own_rows
     value_spec = JetSpec.closure(dim, [])
     test_slots = {l: SLOTS_PER_PAIR * int(p) * density for l, p in workload.pairs_by_level.items()}
     per_point = (dim + 2 * n_out) * size

@@ -18,6 +18,16 @@ Halton and Latin hypercube points every count is an expectation (density x volum
 hypercube's marginals are within one point of it per block edge). :attr:`Workload.exact` says
 which.
 
+With finite-difference derivatives (``model.derivatives: fd``) the networks evaluate the stencil
+points of the own points instead of the points themselves (:class:`EvaluatedRows`): pairs, halo
+points and evaluated own rows are the point counts times the stencil points of a point inside the
+domain. That is exact for points at least (order + 1) steps h from every face; nearer, the
+one-sided formulas take more points (one more per axis with a second derivative, e.g. 6 instead
+of 5 for a Laplacian on a face), so the counts are low by about the share of such points over
+the stencil size (the face points of boundary terms are all such). Pairs and halo points are
+then approximations whatever the sampling (a stencil point can also fall into a subdomain its
+point is not in, or out of one it is in, which about evens out).
+
 Used by ``ddpinn check``, the memory model, :mod:`ddpinn.parallel.analysis` and
 ``benchmarks/setup_scaling.py``.
 """
@@ -33,6 +43,7 @@ import numpy as np
 from ddpinn import rng
 from ddpinn.build import Experiment
 from ddpinn.geometry import Box, Level
+from ddpinn.jets import JetSpec
 from ddpinn.parallel.layout import ParallelLayout
 from ddpinn.sampling import (
     PointGroup,
@@ -43,7 +54,9 @@ from ddpinn.sampling import (
     uniform_cell_counts,
 )
 
-__all__ = ["Intervals", "PointCounter", "RankWorkload", "Workload", "workload", "owned_regions", "union_counts"]
+__all__ = [
+    "EvaluatedRows", "Intervals", "PointCounter", "RankWorkload", "Workload", "owned_regions", "union_counts", "workload",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -296,19 +309,55 @@ def union_counts(
 
 # ---------------------------------------------------------------------------------- the workload
 @dataclass(frozen=True)
+class EvaluatedRows:
+    """What the networks evaluate for each own point of a run, the one place that knows how
+    ``model.derivatives`` changes the counts (used here and by :mod:`ddpinn.parallel.memory`).
+
+    ``spec``: the jets the networks compute at every evaluated row (J per slot): the problem's
+    with exact jets, the value only with finite differences. ``per_point``: rows of the
+    partial-sum array, and so pairs, per own point: 1 with exact jets; with finite differences
+    the stencil points of a point inside the domain (central formulas on every axis: 1 + 2·dim
+    for a Laplacian, 4 more per mixed second derivative), exact there and low near the faces (see
+    the module docstring). ``stencil_width``: entries per jet row of the stencil's map (K of its
+    ``[n, J, K]`` tables: a one-sided formula's at a corner, which the padding takes as soon as one
+    point is near a face), 0 without a stencil.
+    """
+
+    spec: JetSpec
+    per_point: int
+    stencil_width: int
+
+    @classmethod
+    def of(cls, exp: Experiment) -> EvaluatedRows:
+        """As :func:`~ddpinn.parallel.exchange.plan.build_distributed_batch` evaluates ``exp``'s
+        training points: with a stencil under ``fd`` when the problem needs derivatives."""
+        fd = exp.finite_difference
+        if fd is None or len(exp.spec) == 1:
+            return cls(exp.spec, 1, 0)
+        lo, hi = np.asarray(fd.lo, dtype=np.float64), np.asarray(fd.hi, dtype=np.float64)
+        # The midpoint is at least (order + 1) steps from every face (Experiment checks the step).
+        interior = fd.stencil(((lo + hi) / 2)[None, :], exp.spec)
+        corner = fd.stencil(lo[None, :], exp.spec)
+        return cls(interior.value_spec, interior.n_points, int(corner.index.shape[2]))
+
+
+@dataclass(frozen=True)
 class RankWorkload:
     """What one rank holds and evaluates in a training step. Level keys are level indices ``l``
     (0-based, as ``decomposition.levels[l]``; messages number them l + 1).
 
-    own_points: loss term -> points the rank owns. halo_points: other ranks' points that its
-    partitioned subdomains cover (evaluated, their partial sums sent back), and per partitioned
-    level. pairs_by_level: (point, subdomain) pairs it evaluates (own points on replicated
-    levels, own + halo on partitioned ones). subdomains_by_level: networks it holds.
+    own_points: loss term -> points the rank owns. own_rows: rows of the partial-sum array it
+    evaluates for them (the own points, or their stencil points with finite differences:
+    :class:`EvaluatedRows`). halo_points: other ranks' evaluated rows that its partitioned
+    subdomains cover (evaluated, their partial sums sent back), and per partitioned level.
+    pairs_by_level: (evaluated row, subdomain) pairs it evaluates (own rows on replicated levels,
+    own + halo rows on partitioned ones). subdomains_by_level: networks it holds.
     parameters: network parameters it holds, replicated_parameters: those all-reduced.
     """
 
     rank: int
     own_points: dict[str, int]
+    own_rows: int
     halo_points: int
     halo_points_by_level: dict[int, int]
     pairs_by_level: dict[int, int]
@@ -322,8 +371,8 @@ class RankWorkload:
 
     @property
     def n_eval(self) -> int:
-        """Rows of the partial-sum array: own + halo points."""
-        return self.n_own + self.halo_points
+        """Rows of the partial-sum array: own rows + halo points."""
+        return self.own_rows + self.halo_points
 
     @property
     def pairs(self) -> int:
@@ -364,10 +413,13 @@ def _parameters_per_network(exp: Experiment, l: int) -> int:
 
 def workload(exp: Experiment, layout: ParallelLayout, epoch: int = 0) -> Workload:
     """Every rank's workload for the training points of sampling ``epoch`` (pure; no messages).
+    Pairs, halo points and own rows count evaluated rows: :attr:`EvaluatedRows.per_point` per
+    point (approximate near the faces with finite differences).
 
     Time about Σ_levels Σ_axes (subdomains along the axis x atoms along it) plus the ranks; memory
     the same, never points x subdomains."""
     dec, dim, grid = exp.decomposition, exp.problem.dim, layout.grid
+    rows = EvaluatedRows.of(exp).per_point
     counter = PointCounter(exp, epoch)
     blocks = [Intervals.blocks(layout, a) for a in range(dim)]
     own = {name: c.reshape(-1) for name, c in counter.per_group(lambda atoms, a: atoms.owned(blocks[a])).items()}
@@ -386,7 +438,7 @@ def workload(exp: Experiment, layout: ParallelLayout, epoch: int = 0) -> Workloa
             counts = counter.count(
                 lambda atoms, a, subs=subs: atoms.mass(subs[a]).sum(0)[None, :] * atoms.owned(blocks[a])
             )
-        pairs.append(counts.reshape(-1))
+        pairs.append(rows * counts.reshape(-1))
 
     partitioned = [l for l in range(dec.n_levels) if layout.is_partitioned(l)]
     halo = np.zeros(layout.world_size)
@@ -395,8 +447,8 @@ def workload(exp: Experiment, layout: ParallelLayout, epoch: int = 0) -> Workloa
         regions = [owned_regions(layout, l) for l in partitioned]
         everywhere, per_level = union_counts(counter, regions)
         in_block, per_level_in = union_counts(counter, regions, blocks)
-        halo = (everywhere - in_block).reshape(-1)
-        halo_by_level = {l: (a - b).reshape(-1) for l, a, b in zip(partitioned, per_level, per_level_in)}
+        halo = rows * (everywhere - in_block).reshape(-1)
+        halo_by_level = {l: rows * (a - b).reshape(-1) for l, a, b in zip(partitioned, per_level, per_level_in)}
 
     per_network = [_parameters_per_network(exp, l) for l in range(dec.n_levels)]
     replicated = sum(exp.level_parameters(l) for l in range(dec.n_levels) if not layout.is_partitioned(l))
@@ -409,6 +461,7 @@ def workload(exp: Experiment, layout: ParallelLayout, epoch: int = 0) -> Workloa
         RankWorkload(
             rank=r,
             own_points={name: int(round(c[r])) for name, c in own.items()},
+            own_rows=rows * sum(int(round(c[r])) for c in own.values()),
             halo_points=int(round(halo[r])),
             halo_points_by_level={l: int(round(c[r])) for l, c in halo_by_level.items()},
             pairs_by_level={l: int(round(p[r])) for l, p in enumerate(pairs)},

@@ -215,6 +215,10 @@ def test_finite_difference_counts_follow_the_stencil_points(tmp_path, case, meth
         assert close(counted.halo_points, real["halo"]), (rank, counted.halo_points, real["halo"])
         for l, pairs in real["pairs"].items():
             assert close(counted.pairs_by_level[l], pairs), (rank, l, counted.pairs_by_level[l], pairs)
+        traffic = rank_traffic(exp, layout, rank)  # the scaling model's per-rank traffic
+        assert (traffic.own_points, traffic.halo_points) == (sum(real["own"].values()), real["halo"]), rank
+        assert traffic.pairs == sum(real["pairs"].values()) and traffic.values_per_point == len(exp.problem.outputs)
+        assert close(traffic.analytic_halo_points, real["halo"]), (rank, traffic.analytic_halo_points, real["halo"])
 
 
 @pytest.mark.parametrize("name, problem, levels, n, ranks, policy", RANDOM, ids=[c[0] for c in RANDOM])

@@ -6,6 +6,10 @@ points, its halo points (from the same ``halo_requests`` the exchange plan is bu
 *analytic* halo volume: the points in the region by which the rank's owned subdomain boxes
 stick out of its block, counted per axis by :mod:`ddpinn.parallel.workload` (the box model).
 Used by the step profiler and the scaling model in ``benchmarks/``.
+
+With ``model.derivatives: fd`` the networks evaluate value-only stencil points instead of jets at
+the points (:class:`~ddpinn.parallel.workload.EvaluatedRows`): halo and requested rows, pairs
+and the analytic volumes count stencil points, and one value per output crosses per row.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from ddpinn.build import Experiment
 from ddpinn.geometry import level_pairs
 from ddpinn.parallel.exchange.plan import halo_requests
 from ddpinn.parallel.layout import ParallelLayout
-from ddpinn.parallel.workload import Intervals, PointCounter, owned_regions, union_counts
+from ddpinn.parallel.workload import EvaluatedRows, Intervals, PointCounter, owned_regions, union_counts
 
 __all__ = ["RankTraffic", "rank_traffic", "analytic_halo_points"]
 
 
 @dataclass(frozen=True)
 class RankTraffic:
+    """``own_points``: the rank's points; halo, requested and pairs: evaluated rows (the points,
+    or their stencil points under fd); ``values_per_point``: values per exchanged row and
+    direction (jets × outputs, the value only under fd)."""
+
     rank: int
     own_points: int
     halo_points: int
@@ -71,15 +79,23 @@ def analytic_halo_points(exp: Experiment, layout: ParallelLayout, rank: int) -> 
 def rank_traffic(exp: Experiment, layout: ParallelLayout, rank: int, epoch: int = 0) -> RankTraffic:
     """Work and traffic of ``rank`` for the collocation points of ``epoch`` (pure; no messages)."""
     dec = exp.decomposition
+    evaluated = EvaluatedRows.of(exp)
 
-    def own(r: int) -> np.ndarray:
+    def points(r: int) -> np.ndarray:
         groups = exp.training_points(epoch, layout.block(r))
         return np.concatenate([np.asarray(v).reshape(-1, exp.problem.dim) for v in groups.values()])
 
+    def own(r: int) -> np.ndarray:
+        x = points(r)
+        return x if evaluated.per_point == 1 else exp.finite_difference.stencil(x, exp.spec).points
+
+    n_own_points = points(rank).shape[0]
     x_own = own(rank)
-    halo_parts = [halo_requests(layout, q, own(q)).get(rank) for q in layout.neighbours(rank)]
+    # A stencil point can lie in a subdomain of a rank that is no neighbour in the layout.
+    peers = layout.neighbours(rank) if evaluated.per_point == 1 else [q for q in range(layout.world_size) if q != rank]
+    halo_parts = [halo_requests(layout, q, own(q)).get(rank) for q in peers]
     halo_x = np.concatenate(
-        [own(q)[rows] for q, rows in zip(layout.neighbours(rank), halo_parts) if rows is not None and rows.size]
+        [own(q)[rows] for q, rows in zip(peers, halo_parts) if rows is not None and rows.size]
         or [np.zeros((0, exp.problem.dim))]
     )
     requested = sum(rows.size for rows in halo_requests(layout, rank, x_own).values())
@@ -100,14 +116,14 @@ def rank_traffic(exp: Experiment, layout: ParallelLayout, rank: int, epoch: int 
     analytic_halo, analytic_requested = analytic_halo_points(exp, layout, rank)
     return RankTraffic(
         rank=rank,
-        own_points=int(x_own.shape[0]),
+        own_points=int(n_own_points),
         halo_points=int(halo_x.shape[0]),
         halo_points_by_level=by_level,
         requested_points=int(requested),
         pairs=pairs,
         neighbours=len(layout.neighbours(rank)),
         replicated_parameters=replicated_params,
-        values_per_point=len(exp.spec) * len(exp.problem.outputs),
-        analytic_halo_points=analytic_halo,
-        analytic_requested_points=analytic_requested,
+        values_per_point=len(evaluated.spec) * len(exp.problem.outputs),
+        analytic_halo_points=analytic_halo * evaluated.per_point,
+        analytic_requested_points=analytic_requested * evaluated.per_point,
     )

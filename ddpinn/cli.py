@@ -154,7 +154,7 @@ def _check(args) -> int:
     """Describe the run from counts (:mod:`ddpinn.parallel.workload`): no batch, no model."""
     from ddpinn.build import build_experiment, resolve_device
     from ddpinn.config import ConfigError
-    from ddpinn.parallel.workload import workload
+    from ddpinn.parallel.workload import EvaluatedRows, workload
     from ddpinn.session import make_layout
 
     cfg, base = _load(args.config, args.overrides)
@@ -169,6 +169,10 @@ def _check(args) -> int:
     expected = "" if work.exact else " (expected: random points)"
     print(f"problem       {cfg.problem.name} {cfg.problem.params or ''} inputs {list(exp.problem.inputs)}")
     print(f"derivatives   {exp.spec.describe(exp.problem.inputs)}")
+    if exp.finite_difference is not None:
+        per_point = EvaluatedRows.of(exp).per_point
+        print(f"              by finite differences (model.fd_step {cfg.model.fd_step}): {per_point} value-only "
+              "stencil points per interior point; the pairs and halo below count stencil points")
     print(f"decomposition {exp.decomposition.describe()}, window {cfg.decomposition.window}")
     for l, level in enumerate(exp.decomposition.levels):
         print(f"  level {l + 1}: {'x'.join(map(str, level.shape))} subdomains, {pairs[l]} (point, subdomain) pairs, "

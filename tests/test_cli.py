@@ -197,6 +197,17 @@ def test_check_reports_pairs_and_per_rank_work_without_building_a_batch(p4_confi
     assert "memory" not in out  # only with --device-memory
 
 
+def test_check_says_when_pairs_count_finite_difference_stencil_points(p4_config, capsys):
+    assert main(["check", str(p4_config)]) == 0
+    jets = capsys.readouterr().out
+    assert main(["check", str(p4_config), "--set", "model.derivatives=fd"]) == 0
+    fd = capsys.readouterr().out
+    assert "stencil points" not in jets
+    assert "(model.fd_step 0.01): 5 value-only stencil points per interior point" in fd  # u, u ± h along x and y
+    total = {name: int(out.split("total pairs ")[1].split()[0]) for name, out in (("jets", jets), ("fd", fd))}
+    assert total["fd"] > 4 * total["jets"]
+
+
 @pytest.mark.parametrize("text, size", [("80GB", 80 * 10**9), ("512MB", 512 * 10**6), ("1.5GiB", 3 * 2**29),
                                         ("64 kib", 2**16), ("4096", 4096)])
 def test_device_memory_sizes(text, size):

@@ -186,8 +186,8 @@ def test_bad_user_schedulers_are_config_errors(tmp_path, kind, fragments):
 SWEEP = {"kind": "sweep", "width": 0.5, "stride": 0.25, "every": 10, "levels": [2, 3]}
 
 
-def _phase_setup(step: int):
-    exp = experiment(WAVE, SWEEP)
+def _phase_setup(step: int, **sections):
+    exp = experiment(WAVE, SWEEP, **sections)
     layout = ParallelLayout.single(exp.decomposition, exp.cells)
     model = exp.make_model()
     factory = BatchFactory(exp, layout, LocalComm(), torch.device("cpu"))
@@ -219,19 +219,27 @@ def test_kept_points_are_those_inside_an_active_subdomain():
     assert kept_points(exp.decomposition, roles, x).all()  # level 1 is active and covers everything
 
 
-def test_fixed_sums_equal_evaluating_the_fixed_subdomains():
+@pytest.mark.parametrize("derivatives", ["jets", "fd"])
+def test_fixed_sums_equal_evaluating_the_fixed_subdomains(derivatives):
     """The phase batch (active coverages + fixed subdomains' sums computed once) gives the same
-    u and jets as evaluating every non-off subdomain on the kept points."""
-    exp, model, factory, roles, groups = _phase_setup(25)
+    u and jets as evaluating every non-off subdomain on the kept points (with finite differences:
+    at their stencil points, fixed sums included)."""
+    exp, model, factory, roles, groups = _phase_setup(25, model={"derivatives": derivatives})
     batch = phase_batch(factory, model, roles, groups, {})
     assert batch.fixed_sums is not None and batch.fixed_sums.abs().max() > 0
     active_ids = {int(i) for cov in batch.levels[2:] for i in cov.subdomain_ids}
     assert active_ids and all(roles[2][i] == Role.ACTIVE for i in batch.levels[2].subdomain_ids.tolist())
     present = [r != Role.OFF for r in roles]
     kept = {g: x[kept_points(exp.decomposition, roles, x)] for g, x in groups.items()}
-    plain = build_batch(exp.problem, exp.decomposition, exp.window, exp.spec, kept, present=present, dtype=exp.dtype)
+    fd = exp.finite_difference
+    stencil = None if fd is None else fd.stencil(np.concatenate(list(kept.values())), exp.spec)
+    plain = build_batch(exp.problem, exp.decomposition, exp.window, exp.spec, kept, present=present, dtype=exp.dtype,
+                        stencil=stencil)
+    assert (batch.stencil is None) == (derivatives == "jets")
+    # Differences divide the round-off of the sums' order by h^2 (~1e-5 here): 1e-11, not 1e-16.
+    tol = 1e-12 if derivatives == "jets" else 1e-9
     with torch.no_grad():
-        torch.testing.assert_close(model(batch), model(plain), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(model(batch), model(plain), rtol=tol, atol=tol)
     # and fixed subdomains take no part in the backward pass
     u = model(batch)
     u.sum().backward()

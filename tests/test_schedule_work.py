@@ -100,9 +100,11 @@ def test_phase_counts_equal_the_real_batch_at_every_phase(name, problem, levels,
     assert fewer  # some phase trains fewer pairs than all-active (not the plain counts throughout)
 
 
+@pytest.mark.parametrize("derivatives", ["jets", "fd"])
 @pytest.mark.parametrize("ranks", [1, 2, 4])
-def test_all_active_roles_give_the_plain_workload(ranks):
-    exp = small_experiment(4, "grid", (36, 30), "auto", "poisson2d")
+def test_all_active_roles_give_the_plain_workload(ranks, derivatives):
+    """(With fd both count stencil points: tests/test_workload.py checks those against real batches.)"""
+    exp = small_experiment(4, "grid", (36, 30), "auto", "poisson2d", model={"derivatives": derivatives})
     layout = _layout(exp, ranks)
     plain = workload(exp, layout)
     roles = [np.full(level.n_subdomains, Role.ACTIVE, dtype=np.int8) for level in exp.decomposition.levels]

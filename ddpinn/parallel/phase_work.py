@@ -15,7 +15,9 @@ points, pairs per level and halo points. Cost about (rank blocks x pieces) per a
 over the axes: fine for check and tests up to a few thousand subdomains per axis-sum; not for L=9.
 
 Exactness as in :mod:`ddpinn.parallel.workload`: exact for grid sampling and given points,
-expectations for random points. Used by ``ddpinn check`` and the schedules benchmark.
+expectations for random points. With ``model.derivatives: fd`` pairs and halo count stencil
+points (the point counts times :class:`~ddpinn.parallel.workload.EvaluatedRows`' ``per_point``,
+an interior point's stencil, as the plain workload counts them). Used by ``ddpinn check`` and the schedules benchmark.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from ddpinn.build import Experiment
 from ddpinn.parallel.layout import ParallelLayout
 from ddpinn.parallel.workload import (
+    EvaluatedRows,
     Intervals,
     PointCounter,
     _owner_columns,
@@ -122,6 +125,7 @@ class PhaseCounter:
         self.every = counter.count(lambda atoms, a: atoms.mass(pieces[a]))
         """Points per piece product, all ranks: [S_0, S_1, ...]."""
         self.piece_axes = tuple(range(1, 2 * dim, 2))
+        self.rows_per_point = EvaluatedRows.of(exp).per_point
 
     def _interleave(self, x: np.ndarray) -> np.ndarray:
         """[S_0, S_1, ...] -> [1, S_0, 1, S_1, ...] (broadcasts against :attr:`own`)."""
@@ -168,7 +172,9 @@ class PhaseCounter:
                 fixed_pairs[l] = self._per_rank(self.own * self._interleave(fixed))
         own_kept = self.own * self._interleave(kept)
         kept_points = self._per_rank(own_kept)
-        halo = self._per_rank((everywhere - own_kept) * halo_region)
+        halo = self._per_rank((everywhere - own_kept) * halo_region) * self.rows_per_point
+        for pairs in (active_pairs, fixed_pairs):
+            pairs.update({l: p * self.rows_per_point for l, p in pairs.items()})
         ranks = tuple(
             PhaseRankWork(
                 rank=r,

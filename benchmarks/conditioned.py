@@ -1,8 +1,9 @@
 """The conditioned-input case of ``benchmarks/inverse.py``: P1 trained once over ω ∈ [5, 15].
 
-``configs/cos1d_conditioned.yaml`` (``_quick`` with ``--quick``) per seed, then, through
-``ddpinn.load``, the rel L2 error over x (2,000 points on [-2π, 2π]) at the unseen ω = 7.5 and
-12.5 (target ≤ 1e-2, issue 9) and on a sweep of ω across the range. Rows (``Row`` of
+``configs/cos1d_conditioned.yaml`` (``_quick`` with ``--quick``) per seed (``--jobs`` seeds at a
+time, one process each), then, through ``ddpinn.load``, the rel L2 error over x (2,000 points on
+[-2π, 2π]) at the unseen ω = 7.5 and 12.5 (target ≤ 1e-2, issue 9) and on a sweep of ω across
+the range. Rows (``Row`` of
 ``inverse.py``): ``rel_l2 at omega=W`` per seed, and over seeds ``... median``/``min``/``max``;
 the plot ``OUT/inverse_conditioned.png`` draws rel L2 against ω per seed, with the training ω
 values (a grid's) and the unseen values marked.
@@ -11,6 +12,7 @@ values (a grid's) and the unseen values marked.
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +53,17 @@ def run_conditioned(case, args: argparse.Namespace) -> list:
     from inverse import Row, config_of, train
 
     config = config_of(case, args)
-    rows, curves, grid = [], {}, None
-    for seed in args.seeds:
+
+    def train_seed(seed: int) -> tuple[Path, dict, str]:
         run_dir = args.out / "runs" / f"{case.key}_seed{seed}"
         summary, _, command = train(config, run_dir, {"run.seed": str(seed), **case.overrides})
+        return run_dir, summary, command
+
+    # Each seed trains in its own one-thread process: --jobs of them at once (threads only wait).
+    with ThreadPoolExecutor(max_workers=max(1, getattr(args, "jobs", 1))) as pool:
+        trained = list(pool.map(train_seed, args.seeds))
+    rows, curves, grid = [], {}, None
+    for seed, (run_dir, summary, command) in zip(args.seeds, trained):
         errors = errors_across_omega(run_dir, [*UNSEEN_OMEGAS, *SWEEP])
         curves[seed], grid = errors, training_omegas(run_dir)
         print(f"{case.key} seed {seed}: rel L2 at omega 7.5 {errors[7.5]:.2e}, 12.5 {errors[12.5]:.2e}; "

@@ -97,9 +97,9 @@ def run_field_ranks(case, args: argparse.Namespace) -> list:
     ]
 
 
-RANKS_OVERRIDES = {"train.steps": "100", "lbfgs.steps": "0", "run.dtype": "float64", "train.log_every": "10",
+RANKS_OVERRIDES = {"train.steps": "40", "lbfgs.steps": "0", "run.dtype": "float64", "train.log_every": "5",
                    "train.eval_every": "0", "run.plots": "false"}
-"""The 2-rank comparison: 100 Adam steps of the quick config in float64 (equal to round-off)."""
+"""The 2-rank comparison: 40 Adam steps of the quick config in float64 (equal to round-off)."""
 
 
 def plot_field(errors: dict, path: Path, label: str) -> None:

@@ -107,6 +107,8 @@ class Experiment:
     cells: tuple[int, ...]
     schedule: SubdomainSchedule
     """Which subdomains train at each step (``schedule:``); :class:`~ddpinn.schedule.AllActive` by default."""
+    output_levels: tuple[tuple[bool, ...], ...] | None = None
+    """``[l][k]``: level l makes up output k (``network.output_levels``); None: every level, every output."""
 
     def __post_init__(self) -> None:
         fd = self.finite_difference
@@ -157,6 +159,7 @@ class Experiment:
             dtype=self.dtype,
             fourier=self.fourier,
             adaptive=self.adaptive,
+            output_levels=self.output_levels,
         )
         return model.to(device)
 
@@ -314,6 +317,8 @@ def build_experiment(cfg: Config, base_dir: Path | None = None) -> Experiment:
     if any(not s > 0 for s in scale):
         raise ConfigError(f"network.output_scale: must be > 0, got {list(scale)}")
 
+    output_levels = _output_levels(cfg.network.output_levels, problem.outputs, decomposition.n_levels)
+
     fourier = cfg.network.fourier
     if fourier is not None and isinstance(fourier.sigma, list) and len(fourier.sigma) != dim:
         raise ConfigError(
@@ -349,4 +354,27 @@ def build_experiment(cfg: Config, base_dir: Path | None = None) -> Experiment:
         dtype=torch.float64 if cfg.run.dtype == "float64" else torch.float32,
         cells=cell_grid(decomposition, parameter_axes),
         schedule=schedule,
+        output_levels=output_levels,
     )
+
+
+def _output_levels(chosen: dict, outputs: tuple[str, ...], n_levels: int) -> tuple[tuple[bool, ...], ...] | None:
+    """``network.output_levels`` (output name -> 1-based levels) as ``[level][output]`` flags, or
+    None when every output uses every level."""
+    flags = [[True] * len(outputs) for _ in range(n_levels)]
+    for name, levels in chosen.items():
+        if name not in outputs:
+            raise ConfigError(f"network.output_levels: {name!r} is not an output of the problem (outputs {list(outputs)})")
+        if (
+            not isinstance(levels, list)
+            or not levels
+            or any(isinstance(l, bool) or not isinstance(l, int) or not 1 <= l <= n_levels for l in levels)
+        ):
+            raise ConfigError(
+                f"network.output_levels.{name}: {levels!r} is not a non-empty list of levels 1..{n_levels} "
+                f"(the decomposition has {n_levels}), e.g. [1, 2]"
+            )
+        k = outputs.index(name)
+        for l in range(n_levels):
+            flags[l][k] = l + 1 in levels
+    return None if all(all(row) for row in flags) else tuple(tuple(row) for row in flags)

@@ -205,6 +205,10 @@ class NetworkConfig:
     """Un-normalisation mean per output (default: the problem's)."""
     output_scale: float | list[float] | None = None
     """Un-normalisation scale per output (default: the problem's)."""
+    output_levels: dict[str, list[int]] = field(default_factory=dict)
+    """The levels (1-based) an output is made of, e.g. ``{u: [1, 2, 3]}`` to keep u off the finest
+    level of four while k uses all: the output is the average over its own levels only. Outputs
+    not named use every level. Every level still evaluates its networks for all outputs."""
     fourier: FourierConfig | None = None
     """Fourier-feature inputs, e.g. ``{features: 16, sigma: 5, trainable: false}``: each network
     sees [sin(2πB x̂), cos(2πB x̂)] of its normalised input x̂, B [features, dim] ~ N(0, sigma²) per

@@ -2,7 +2,8 @@
 
     u(x) = shift(x) + scale(x) · (1/L) Σ_levels Σ_j ŵ_j(x) · (mean + s · NN_j((x - c_j) / (w_j/2)))
 
-with ŵ_j the partition-of-unity windows of each level. :class:`FBPINN` evaluates this with all
+with ŵ_j the partition-of-unity windows of each level (an output may be made of some levels only,
+``network.output_levels``: then 1/L and the sum run over its levels). :class:`FBPINN` evaluates this with all
 input-derivative jets the problem needs, as three stages that the distributed engine reuses:
 
 1. :meth:`FBPINN.partial_sums`: per level, the held subdomains' windowed outputs, summed into
@@ -59,6 +60,7 @@ class FBPINN(nn.Module):
         dtype: torch.dtype = torch.float32,
         fourier: FourierFeatures | None = None,
         adaptive: AdaptiveSlope | None = None,
+        output_levels: Sequence[Sequence[bool]] | None = None,
     ) -> None:
         super().__init__()
         self.held = [np.asarray(h, dtype=np.int64) for h in held]
@@ -70,6 +72,15 @@ class FBPINN(nn.Module):
             net.initialise(seed, level, ids)
         self.register_buffer("output_mean", torch.as_tensor(output_mean, dtype=dtype).reshape(-1))
         self.register_buffer("output_scale", torch.as_tensor(output_scale, dtype=dtype).reshape(-1))
+        # Which levels make up each output ([n_levels, n_out] of 0/1), and how many ([n_out]):
+        # from the config, so not checkpointed. None: all of them (no masking in the step).
+        mask = None if output_levels is None else torch.as_tensor(output_levels, dtype=dtype)
+        self.register_buffer("output_levels", mask, persistent=False)
+        self.register_buffer(
+            "levels_per_output",
+            torch.full_like(self.output_scale, len(self.nets)) if mask is None else mask.sum(0),
+            persistent=False,
+        )
         self.reduce_partial_sums: Callable[[Tensor, EvaluationBatch], Tensor] = own_rows
 
     @property
@@ -86,10 +97,12 @@ class FBPINN(nn.Module):
         spec = batch.evaluated_spec
         n_jets, n_out = len(spec), self.n_outputs
         total = batch.x.new_zeros(batch.n_eval + 1, n_jets * n_out)
-        for net, cov in zip(self.nets, batch.levels):
+        for level, (net, cov) in enumerate(zip(self.nets, batch.levels)):
             if cov.n_pairs == 0:
                 continue
             out = net.jets(cov.x_norm, cov.inv_half_width, spec, cov.rows)  # [S, J, n_out, P]
+            if self.output_levels is not None:
+                out = out * self.output_levels[level].view(1, 1, n_out, 1)
             # Product rule with the (parameter-free) window jets, as one precomputed linear map.
             windowed = (cov.window_product.unsqueeze(3) * out.unsqueeze(1)).sum(2)  # [S, J, n_out, P]
             flat = windowed.permute(0, 3, 1, 2).reshape(-1, n_jets * n_out)
@@ -106,7 +119,7 @@ class FBPINN(nn.Module):
         with the hard constraint u = shift + scale · v this is ``scale``'s jets times ``mean``.
         """
         product = batch.constraint_product  # [n, J, J, n_out]
-        scaled = (product * totals.unsqueeze(1)).sum(2) * (self.output_scale / self.n_levels)
+        scaled = (product * totals.unsqueeze(1)).sum(2) * (self.output_scale / self.levels_per_output)
         return batch.constraint_shift + product[:, :, 0] * self.output_mean + scaled
 
     def forward(self, batch: EvaluationBatch) -> Tensor:

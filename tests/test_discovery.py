@@ -56,7 +56,7 @@ def test_theta_columns_from_jets_are_the_products_of_the_exact_derivatives():
 
     jets = pointwise_jets(u, x, spec)
     alternation = Alternation(problem, problem.derivative_names(spec), LocalComm(), 10, torch.float64, "cpu")
-    batch = SimpleNamespace(groups={"pde": slice(0, 50)})
+    batch = SimpleNamespace(groups={"pde": slice(0, 50)}, x=x)
     theta, y = alternation.library_values(jets, batch)
     xx, t = x[:, 0], x[:, 1]
     s, c, e = torch.sin(math.pi * xx), torch.cos(math.pi * xx), torch.exp(-t)
@@ -154,6 +154,46 @@ def test_equation_text_and_comparison_with_the_truth():
     assert report["missed"] == ["u_xx"] and report["extra"] == ["u"]
 
 
+def test_the_fit_leaves_out_the_points_within_the_margin_of_the_edges():
+    """fit_margin 0.1 on x in [-1, 1], t in [0, 1]: Θ and y keep only |x| <= 0.8, 0.1 <= t <= 0.9."""
+    problem = make_problem("discovery", {"reference": "burgers", "observations": [8, 4], "library": ["u", "u_x"],
+                                         "fit_margin": 0.1})
+    x = torch.tensor([[0.0, 0.5], [0.79, 0.11], [0.81, 0.5], [-0.85, 0.5], [0.0, 0.05], [0.0, 0.95]],
+                     dtype=torch.float64)
+    jets = torch.arange(x.shape[0] * len(problem.jet_spec()), dtype=torch.float64).reshape(x.shape[0], -1, 1)
+    alternation = Alternation(problem, problem.derivative_names(problem.jet_spec()), LocalComm(), 10,
+                              torch.float64, "cpu")
+    theta, y = alternation.library_values(jets, SimpleNamespace(groups={"pde": slice(0, 6)}, x=x))
+    assert theta.shape[0] == y.shape[0] == 2
+    np.testing.assert_array_equal(y.numpy(), jets[:2, problem.derivative_names(problem.jet_spec())["u_t"][0], 0])
+
+
+def test_learnt_coefficients_are_the_fit_times_one_plus_the_trainable_correction():
+    """ξ_eff = ξ_fit (1 + δ) once learning is on (before: ξ_fit), and the residual's gradient by
+    δ_k is -θ_k ξ_fit_k, so a term off the support (ξ_fit = 0) is never moved."""
+    problem = make_problem("discovery", {"reference": "burgers", "observations": [8, 4], "library": ["u", "u_x"],
+                                         "terms": ["u", "u*u_x"], "learn_coefficients": True})
+    assert problem.trainable == ("xi_correction[u]", "xi_correction[u*u_x]")
+    delta = {n: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+             for n, v in zip(problem.trainable, (0.5, 0.1))}
+    for name, value in delta.items():
+        setattr(problem, name, value)
+    problem.coefficients = torch.tensor([0.0, -2.0], dtype=torch.float64)
+    problem.residual_on = torch.tensor(1.0, dtype=torch.float64)
+    np.testing.assert_allclose(problem.effective_coefficients().detach(), [0.0, -2.0])  # learning off
+    problem.learning_on = torch.tensor(1.0, dtype=torch.float64)
+    np.testing.assert_allclose(problem.effective_coefficients().detach(), [0.0, -2.2])
+    spec = problem.jet_spec()
+    names = problem.derivative_names(spec)
+    jets = torch.rand(5, len(spec), 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    from ddpinn.problems.base import Derivatives
+
+    d = Derivatives(jets, names)
+    problem.residual(None, d).sum().backward()
+    assert delta["xi_correction[u]"].grad == 0.0
+    assert float(delta["xi_correction[u*u_x]"].grad) == pytest.approx(float((d["u"] * d["u_x"]).sum() * 2.0))
+
+
 # ----------------------------------------------------------------------------- bad input
 def _build(tmp_path, **params):
     data = {"problem": {"name": "discovery", "params": {"reference": "burgers", "observations": [16, 8], **params}},
@@ -172,6 +212,8 @@ def _build(tmp_path, **params):
     ({"tolerance": -1e-3}, "problem.params.tolerance", ">= 0"),
     ({"warmup": 0}, "problem.params.warmup", ">= 1"),
     ({"observations": [16]}, "problem.params.observations", "1 counts"),
+    ({"fit_margin": 0.5}, "problem.params.fit_margin", "[0, 0.5)"),
+    ({"warmup": 10, "last_fit": 5}, "problem.params.last_fit", "before the first fit"),
 ])
 def test_bad_discovery_input_names_the_field(tmp_path, params, field, says):
     with pytest.raises(ConfigError) as err:
@@ -266,6 +308,28 @@ def test_training_fits_xi_at_the_stated_steps_and_reports_it(tmp_path):
     arrays = load_checkpoint(run / "checkpoint.h5").arrays
     xi = {k.removeprefix("discovery/xi/"): float(v[0]) for k, v in arrays.items() if k.startswith("discovery/xi/")}
     assert {k: v for k, v in xi.items() if v} == found["coefficients"] and arrays["discovery/active"][0] == 1.0
+
+
+def test_after_the_last_fit_xi_is_learnt_on_its_support_by_gradient(tmp_path):
+    """last_fit 7 with learn_coefficients: fits at 4 and 7 only; the corrections stay exactly 0
+    until then and move after it; the support is the last fit's; the corrections and the
+    learning flag are in the checkpoint."""
+    cfg = _run_config(tmp_path)
+    cfg["problem"]["params"].update(last_fit=7, learn_coefficients=True)
+    run_training(load_config(data=cfg), quiet=True)
+    run = tmp_path / "run"
+    found = _summary(run)["discovery"]
+    assert [f["step"] for f in found["fits"]] == [4, 7] and found["learnt"]
+    last = found["fits"][-1]["coefficients"]
+    assert found["coefficients"].keys() == last.keys()
+    assert all(found["coefficients"][k] != v for k, v in last.items())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(v == 0.0 for r in records if r["step"] <= 7 for v in r["problem"].values())
+    moved = {k for k, v in records[-1]["problem"].items() if v}
+    assert moved == {f"xi_correction[{k}]" for k in last}
+    arrays = load_checkpoint(run / "checkpoint.h5").arrays
+    assert arrays["discovery/learning"][0] == 1.0
+    assert float(arrays["problem/xi_correction[u*u_x]"][0]) == records[-1]["problem"]["xi_correction[u*u_x]"]
 
 
 def test_xi_resumes_exactly_from_the_checkpoint(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """The inverse-problem benchmark (benchmarks/inverse.py): its configs build, a discovery summary
 becomes the stated rows, the table judges the 1% target only in full mode, and a tiny run of the
-discovery case writes rows, table and plot."""
+discovery case (two seeds, two training processes at a time) writes rows, table and plot."""
 
 from __future__ import annotations
 
@@ -70,9 +70,13 @@ def test_a_tiny_discovery_run_writes_rows_table_and_plot(bench, tmp_path, monkey
     monkeypatch.setattr(bench, "CASES", [case])
     monkeypatch.setattr(bench, "NOISE_LEVELS", {"noise1pct": 0.01})
     out = tmp_path / "out"
-    assert bench.main(["--quick", "--out", str(out), "--json", str(tmp_path / "rows.json")]) == 0
+    args = ["--quick", "--seeds", "0", "1", "--jobs", "2", "--out", str(out), "--json", str(tmp_path / "rows.json")]
+    assert bench.main(args) == 0
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert {"xi[u*u_x]", "xi[u_xx]", "support exact"} <= {r["quantity"] for r in rows}
+    # Two runs side by side, each seed's rows from its own run (the seed is in its command).
+    assert {r["seed"] for r in rows if r["seed"] is not None} == {0, 1}
+    assert all(f"run.seed={r['seed']}" in r["command"] for r in rows if r["seed"] is not None)
     assert all(set(r) >= {"case", "quantity", "value", "truth", "rel_err"} for r in rows)
     assert "problem.params.noise=0.01" in rows[0]["command"]
     assert (out / "inverse.md").exists() and (out / "inverse_discovery.png").stat().st_size > 0

@@ -6,7 +6,8 @@ every other problem) and :func:`make_alternation`. A fit evaluates the networks'
 rank's own collocation points without gradients, forms Θ [n_own, n_terms] and the target y
 [n_own], and all-reduces ΘᵀΘ, Θᵀy, yᵀy and the count in one buffer (float64): every rank then
 solves the same normal equations, so ξ is the one-rank result whatever the rank count (to
-round-off in the order of the sums).
+round-off in the order of the sums). With the problem's ``learn_coefficients``, the last fit
+also switches on the gradient training of ξ on its support (the problem's ``learning_on``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from ddpinn.problems.base import Derivatives
 __all__ = ["Alternation", "NoAlternation", "compare_with_truth", "format_equation", "make_alternation"]
 
 STATE_PREFIX = "discovery/"
-"""Checkpoint arrays: ``discovery/xi/<term name>`` (one value each) and ``discovery/active``."""
+"""Checkpoint arrays: ``discovery/xi/<term name>`` (the fitted ξ, one value each),
+``discovery/active`` and ``discovery/learning`` (the corrections δ are the problem's trainable
+parameters, checkpointed with them)."""
 
 
 def format_equation(target: str, coefficients: dict[str, float]) -> str:
@@ -69,11 +72,13 @@ class NoAlternation:
 
 
 class Alternation(NoAlternation):
-    """ξ ← STRidge(Θ, y) after Adam steps ``warmup``, ``warmup + every``, … and the last one.
+    """ξ ← STRidge(Θ, y) after Adam steps ``warmup``, ``warmup + every``, … and ``last_fit`` (or the
+    last Adam step).
 
     ``problem``: an :class:`~ddpinn.problems.library.discovery.EquationDiscovery`, whose
-    ``coefficients`` [n_terms] and ``residual_on`` (0-d, 0 before the first fit) are replaced by
-    tensors of the run's ``dtype`` on ``device`` and updated in place by each fit.
+    ``coefficients`` [n_terms], ``residual_on`` (0-d, 0 before the first fit) and ``learning_on``
+    (0-d, 1 after the last fit when ξ is then learnt) are replaced by tensors of the run's
+    ``dtype`` on ``device`` and updated in place.
     ``derivative_names``: the objective's name -> (jet row, output) map.
     """
 
@@ -83,6 +88,8 @@ class Alternation(NoAlternation):
         self.terms = problem.candidates.names
         problem.coefficients = torch.zeros(len(self.terms), dtype=dtype, device=device)
         problem.residual_on = torch.zeros((), dtype=dtype, device=device)
+        problem.learning_on = torch.zeros((), dtype=dtype, device=device)
+        self.last_fit = min(problem.last_fit or adam_steps, adam_steps)
         self.history: list[dict] = []
         """Every fit of this process's run: {"step", "coefficients": {term: value}, "passes"}."""
 
@@ -90,7 +97,7 @@ class Alternation(NoAlternation):
     def due(self, step: int) -> bool:
         """Fit after Adam step ``step`` (counted from 1)?"""
         p = self.problem
-        return p.warmup <= step <= self.adam_steps and ((step - p.warmup) % p.every == 0 or step == self.adam_steps)
+        return p.warmup <= step <= self.last_fit and ((step - p.warmup) % p.every == 0 or step == self.last_fit)
 
     def after_step(self, step: int, model, batch: EvaluationBatch) -> None:
         if self.due(step):
@@ -113,7 +120,18 @@ class Alternation(NoAlternation):
         rows = batch.groups["pde"]
         d = Derivatives(jets[rows], self.names)
         y = d[self.problem.target]
-        return self.problem.candidates.evaluate(d, y), y
+        theta = self.problem.candidates.evaluate(d, y)
+        if not self.problem.fit_margin:
+            return theta, y
+        inside = self.inside_margin(batch.x[rows])
+        return theta[inside], y[inside]
+
+    def inside_margin(self, x: Tensor) -> Tensor:
+        """[n] bool: the points ``x`` [n, dim] at least ``fit_margin`` × the axis length from
+        every edge of the domain."""
+        box, margin = self.problem.domain(), self.problem.fit_margin
+        lo, hi = torch.as_tensor(box.lo).to(x), torch.as_tensor(box.hi).to(x)
+        return ((x >= lo + margin * (hi - lo)) & (x <= hi - margin * (hi - lo))).all(dim=1)
 
     def fit(self, step: int, model, batch: EvaluationBatch) -> SparseFit:
         p = self.problem
@@ -121,6 +139,8 @@ class Alternation(NoAlternation):
         p.coefficients.copy_(torch.as_tensor(result.coefficients))
         p.residual_on.fill_(1.0)
         self.history.append({"step": step, "coefficients": self.current(), "passes": result.passes})
+        if p.learn_coefficients and step == self.last_fit:
+            p.learning_on.fill_(1.0)
         return result
 
     # ------------------------------------------------------------------ reports and state
@@ -129,8 +149,8 @@ class Alternation(NoAlternation):
         return bool(self.problem.residual_on)
 
     def current(self) -> dict[str, float]:
-        """The non-zero coefficients by term name."""
-        values = self.problem.coefficients.double().cpu().tolist()
+        """The non-zero coefficients by term name (with their learnt corrections)."""
+        values = self.problem.effective_coefficients().detach().double().cpu().tolist()
         return {k: v for k, v in zip(self.terms, values) if v}
 
     def equation(self) -> str:
@@ -146,6 +166,7 @@ class Alternation(NoAlternation):
         values = self.problem.coefficients.double().cpu().numpy()
         state = {f"{STATE_PREFIX}xi/{k}": values[i : i + 1].copy() for i, k in enumerate(self.terms)}
         state[f"{STATE_PREFIX}active"] = np.array([float(self.active)])
+        state[f"{STATE_PREFIX}learning"] = np.array([float(self.problem.learning_on)])
         return state
 
     def load_global_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -163,12 +184,13 @@ class Alternation(NoAlternation):
         values = [float(arrays[f"{STATE_PREFIX}xi/{k}"][0]) for k in self.terms]
         self.problem.coefficients.copy_(torch.as_tensor(values))
         self.problem.residual_on.fill_(float(arrays[f"{STATE_PREFIX}active"][0]))
+        self.problem.learning_on.fill_(float(arrays.get(f"{STATE_PREFIX}learning", [0.0])[0]))
 
     def summary(self) -> dict:
         p = self.problem
         found = self.current() if self.active else {}
         out = {"target": p.target, "library": self.terms, "equation": self.equation(), "coefficients": found,
-               "fits": self.history}
+               "fits": self.history, "learnt": bool(p.learning_on)}
         if p.truth:
             out["truth"] = dict(p.truth)
             out.update(compare_with_truth(found, p.truth))

@@ -4,7 +4,10 @@ Defines :class:`EquationDiscovery` (registered as ``discovery``). The networks a
 ``data_weight`` × the data misfit plus the library residual u_t − Θ ξ at the collocation points,
 ξ held fixed; every few Adam steps the alternation (:mod:`ddpinn.discovery.alternation`) refits
 ξ by STRidge from the networks' jets. Before the first fit (``warmup`` steps) ξ is unknown and
-the residual is switched off: the networks learn the data alone.
+the residual is switched off: the networks learn the data alone. With ``learn_coefficients``,
+the support of the last fit is kept and ξ on it is trained by gradient with the networks (as in
+PINN-SR and DeepMoD): ξ_k = ξ_k^fit · (1 + δ_k), δ_k the trainable problem parameter
+``xi_correction[<term>]``, so it is replicated, all-reduced and checkpointed like any other.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from ddpinn.geometry import Box, GeometryError
 from ddpinn.problems.base import Constraint, Points, Problem, ProblemError
 from ddpinn.problems.registry import make_problem, register
 
-__all__ = ["KNOWN_EQUATIONS", "EquationDiscovery"]
+__all__ = ["KNOWN_EQUATIONS", "EquationDiscovery", "correction_name"]
+
+
+def correction_name(term: str) -> str:
+    """The trainable relative correction δ of term ``term``'s coefficient: ``xi_correction[u*u_x]``."""
+    return f"xi_correction[{term}]"
 
 KNOWN_EQUATIONS = {
     "burgers": lambda p: {"u*u_x": -1.0, "u_xx": p.nu},
@@ -81,6 +89,16 @@ class EquationDiscovery(Problem):
     below tolerance × RMS(target) over the collocation points is dropped (>= 0)."""
     ridge: float = 1e-5
     """Ridge parameter λ of the normalised regression while terms are selected (>= 0)."""
+    fit_margin: float = 0.0
+    """Fraction of each axis's length, at both ends, whose collocation points are left out of
+    the STRidge fit (the networks' derivatives are least accurate at the domain's edges); in
+    [0, 0.5). The library residual of the training loss still covers every point."""
+    last_fit: int = 0
+    """Adam step of the last STRidge fit (0: the last Adam step); the support is fixed after it."""
+    learn_coefficients: bool = False
+    """After the last fit, train ξ on its support by gradient with the networks through the
+    library residual: ξ_k = ξ_k^fit · (1 + δ_k) with δ_k trainable (from 0). The correction is
+    relative so that Adam's steps, about lr each, are alike for ν ≈ 3e-3 and for 1."""
 
     outputs = ("u",)
 
@@ -106,6 +124,14 @@ class EquationDiscovery(Problem):
         # The alternation replaces these by tensors of the run's dtype and device (ddpinn.discovery).
         self.coefficients = torch.zeros(len(self.candidates), dtype=torch.float64)
         self.residual_on = torch.zeros((), dtype=torch.float64)
+        self.learning_on = torch.zeros((), dtype=torch.float64)
+        """1 once ξ is trained by gradient (after the last fit, with ``learn_coefficients``)."""
+        if self.learn_coefficients:
+            # An instance's own trainable names (the class declares none): the trainer makes
+            # each a replicated parameter bound to this attribute.
+            self.trainable = tuple(correction_name(term) for term in self.candidates.names)
+            for name in self.trainable:
+                setattr(self, name, 0.0)
 
     def _check_numbers(self) -> None:
         for name, value, low in (("noise", self.noise, 0.0), ("tolerance", self.tolerance, 0.0),
@@ -118,6 +144,13 @@ class EquationDiscovery(Problem):
             raise ProblemError(f"problem.params.degree: must be >= 1, got {self.degree}")
         if self.max_derivative_factors is not None and self.max_derivative_factors < 0:
             raise ProblemError(f"problem.params.max_derivative_factors: must be >= 0, got {self.max_derivative_factors}")
+        if not 0.0 <= self.fit_margin < 0.5:
+            raise ProblemError(f"problem.params.fit_margin: must be in [0, 0.5), got {self.fit_margin}")
+        if self.last_fit and self.last_fit < self.warmup:
+            raise ProblemError(
+                f"problem.params.last_fit: {self.last_fit} is before the first fit (warmup {self.warmup}); "
+                "raise it, or 0 for the last Adam step"
+            )
         if self.warmup < 1 or self.every < 1:
             raise ProblemError(
                 f"problem.params.warmup and every: must be >= 1 (the first fit needs a network trained on "
@@ -172,9 +205,16 @@ class EquationDiscovery(Problem):
     def domain(self) -> Box:
         return self._box
 
+    def effective_coefficients(self) -> torch.Tensor:
+        """ξ [n_terms] as the residual uses it: the fitted values, times (1 + δ) while learnt."""
+        if not self.learn_coefficients:
+            return self.coefficients
+        corrections = torch.stack([torch.as_tensor(getattr(self, n)) for n in self.trainable]).to(self.coefficients)
+        return self.coefficients * (1 + self.learning_on * corrections)
+
     def residual(self, x, d):
         theta = self.candidates.evaluate(d, d[self.target])
-        return self.residual_on * (d[self.target] - theta @ self.coefficients)
+        return self.residual_on * (d[self.target] - theta @ self.effective_coefficients())
 
     def constraints(self):
         points = Points(torch.as_tensor(self._observations.x), values=torch.as_tensor(self._observations.values))

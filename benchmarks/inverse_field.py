@@ -17,6 +17,7 @@ recovered k's rel L2.
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +52,18 @@ def run_field(case, args: argparse.Namespace) -> list:
     from inverse import Row, config_of, train
 
     config = config_of(case, args)
-    rows, first = [], None
-    for seed in args.seeds:
+
+    def train_seed(seed: int) -> tuple[Path, dict, str]:
         run_dir = args.out / "runs" / f"{case.key}_seed{seed}"
         summary, _, command = train(config, run_dir, {"problem.params.data_seed": str(seed), "run.seed": str(seed),
                                                       **case.overrides})
+        return run_dir, summary, command
+
+    # Each seed trains in its own one-thread process, --jobs of them at once (threads only wait).
+    with ThreadPoolExecutor(max_workers=max(1, getattr(args, "jobs", 1))) as pool:
+        trained = list(pool.map(train_seed, args.seeds))
+    rows, first = [], None
+    for seed, (run_dir, summary, command) in zip(args.seeds, trained):
         errors = field_errors(run_dir)
         first = first or errors
         print(f"{case.key} seed {seed}: rel L2 k {errors['k']:.3e}, u {errors['u']:.3e} "

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.distributed
 CONFIG = {
     "problem": {"name": "darcy_inverse", "params": {"n_observations": 80, "data_weight": 100.0}},
     "decomposition": {"levels": 3},
-    "network": {"hidden": [8], "output_scale": [1.0, 0.5]},
+    "network": {"hidden": [8], "output_scale": [1.0, 0.5], "output_levels": {"u": [1, 2]}},  # u off the partitioned L3
     "optimizer": {"lr": 1e-3},
     "sampling": {"method": "grid", "n": [20, 20], "test_n": [21, 21]},
     "train": {"steps": 5, "log_every": 1, "eval_every": 5, "compile": "off"},

@@ -209,6 +209,11 @@ class Problem:
         so runs can report how well they were recovered; empty if unknown."""
         return {}
 
+    def progress_parameters(self, values: dict[str, float]) -> dict[str, float]:
+        """Which of the ``trainable`` parameters' current ``values`` (name -> value) the progress
+        line shows: all by default (metrics.jsonl and summary.json always record all)."""
+        return values
+
     # ----------------------------------------------------------------- derived declarations
     @property
     def dim(self) -> int:

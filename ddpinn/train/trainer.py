@@ -224,10 +224,11 @@ class Trainer:
         if self.exp.problem.trainable:
             record["problem"] = self.trainables.current()
             record["problem_rel_error"] = self._parameter_errors()
-            extra.append(", ".join(
-                f"{k} {v:.4g}" + (f" ({100 * record['problem_rel_error'][k]:.2f}% off)" if k in record["problem_rel_error"] else "")
-                for k, v in record["problem"].items()
-            ))
+            if shown := self.exp.problem.progress_parameters(record["problem"]):
+                extra.append(", ".join(
+                    f"{k} {v:.4g}" + (f" ({100 * record['problem_rel_error'][k]:.2f}% off)" if k in record["problem_rel_error"] else "")
+                    for k, v in shown.items()
+                ))
         if equation := self.alternation.log(record):
             extra.append(equation)
         metrics.write(record)

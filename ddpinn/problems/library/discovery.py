@@ -212,6 +212,10 @@ class EquationDiscovery(Problem):
         corrections = torch.stack([torch.as_tensor(getattr(self, n)) for n in self.trainable]).to(self.coefficients)
         return self.coefficients * (1 + self.learning_on * corrections)
 
+    def progress_parameters(self, values: dict[str, float]) -> dict[str, float]:
+        """None: the progress line's equation already shows ξ with the corrections applied."""
+        return {}
+
     def residual(self, x, d):
         theta = self.candidates.evaluate(d, d[self.target])
         return self.residual_on * (d[self.target] - theta @ self.effective_coefficients())

@@ -120,6 +120,13 @@ def _mpiexec() -> str:
     return found
 
 
+def in_parallel(args: argparse.Namespace, fn: Callable, items: list) -> list:
+    """``[fn(item) for item in items]`` with ``args.jobs`` calls at once: each call trains in its
+    own one-thread process (:func:`train`), so the threads here only wait."""
+    with ThreadPoolExecutor(max_workers=max(1, getattr(args, "jobs", 1))) as pool:
+        return list(pool.map(fn, items))
+
+
 def config_of(case: Case, args: argparse.Namespace) -> Path:
     return CONFIGS / (case.quick_config if args.quick or case.full_config is None else case.full_config)
 
@@ -170,8 +177,7 @@ def run_discovery(case: Case, args: argparse.Namespace) -> list[Row]:
         return found, logged, command
 
     runs = [(variant, noise, seed) for variant, noise in NOISE_LEVELS.items() for seed in args.seeds]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda run: one(*run), runs))
+    results = in_parallel(args, lambda run: one(*run), runs)
     rows: list[Row] = []
     for (variant, _, seed), (found, logged, command) in zip(runs, results, strict=True):
         rows += discovery_rows(case.key, variant, seed, found, command)

@@ -17,7 +17,6 @@ recovered k's rel L2.
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ def field_errors(run_dir: Path) -> dict:
 
 def run_field(case, args: argparse.Namespace) -> list:
     """Train per seed and return the rows (see the module docstring); draws the plot."""
-    from inverse import Row, config_of, train
+    from inverse import Row, config_of, in_parallel, train
 
     config = config_of(case, args)
 
@@ -59,9 +58,7 @@ def run_field(case, args: argparse.Namespace) -> list:
                                                       **case.overrides})
         return run_dir, summary, command
 
-    # Each seed trains in its own one-thread process, --jobs of them at once (threads only wait).
-    with ThreadPoolExecutor(max_workers=max(1, getattr(args, "jobs", 1))) as pool:
-        trained = list(pool.map(train_seed, args.seeds))
+    trained = in_parallel(args, train_seed, args.seeds)
     rows, first = [], None
     for seed, (run_dir, summary, command) in zip(args.seeds, trained):
         errors = field_errors(run_dir)

@@ -93,9 +93,10 @@ def rank_traffic(exp: Experiment, layout: ParallelLayout, rank: int, epoch: int 
     x_own = own(rank)
     # A stencil point can lie in a subdomain of a rank that is no neighbour in the layout.
     peers = layout.neighbours(rank) if evaluated.per_point == 1 else [q for q in range(layout.world_size) if q != rank]
-    halo_parts = [halo_requests(layout, q, own(q)).get(rank) for q in peers]
+    peer_rows = {q: own(q) for q in peers}
+    halo_parts = {q: halo_requests(layout, q, x_q).get(rank) for q, x_q in peer_rows.items()}
     halo_x = np.concatenate(
-        [own(q)[rows] for q, rows in zip(peers, halo_parts) if rows is not None and rows.size]
+        [peer_rows[q][rows] for q, rows in halo_parts.items() if rows is not None and rows.size]
         or [np.zeros((0, exp.problem.dim))]
     )
     requested = sum(rows.size for rows in halo_requests(layout, rank, x_own).values())
